@@ -1,0 +1,1 @@
+"""The `xray` command. Each subcommand lives in its own module and imports heavy code lazily."""

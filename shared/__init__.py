@@ -1,0 +1,1 @@
+"""Code that web, worker and training share. Imports nothing from those rooms."""

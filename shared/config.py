@@ -1,0 +1,107 @@
+"""The one place that reads the environment. Everything else receives a `Settings`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be a whole number, got {raw!r}") from exc
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits every uploaded image must respect (checked before pixels are decoded)."""
+
+    max_bytes: int = 64 * MiB
+    max_pixels: int = 50_000_000
+    min_side: int = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path = PROJECT_ROOT / "var"
+    database_url: str = ""
+    redis_url: str | None = None  # None: `xray up` starts an embedded Redis server
+    storage_dir: Path = PROJECT_ROOT / "var" / "storage"
+    model_dir: Path = PROJECT_ROOT / "models" / "demo"
+    secret_key: str = ""
+    queue_name: str = "xray.diagnose"
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    max_upload_bytes: int = 2048 * MiB
+    task_time_limit_s: int = 600
+    task_soft_time_limit_s: int = 540
+    max_attempts: int = 3
+    reconcile_after_s: int = 900
+    worker_batch_size: int = 1
+    inference_runtime: str = "tensorflow"
+    inference_precision: str = "f32"
+    triage_max_wait_minutes: float = 240.0
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix):])
+        return None
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from environment variables (XRAY_* plus the usual service names)."""
+    env = dict(os.environ if env is None else env)
+    var_dir = Path(env.get("XRAY_VAR_DIR") or PROJECT_ROOT / "var")
+    limits = ImageLimits(
+        max_bytes=_int(env, "XRAY_MAX_FILE_BYTES", ImageLimits.max_bytes),
+        max_pixels=_int(env, "XRAY_MAX_PIXELS", ImageLimits.max_pixels),
+        min_side=_int(env, "XRAY_MIN_SIDE", ImageLimits.min_side),
+    )
+    return Settings(
+        var_dir=var_dir,
+        database_url=env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'xray.db'}",
+        redis_url=env.get("REDIS_URL") or None,
+        storage_dir=Path(env.get("STORAGE_DIR") or var_dir / "storage"),
+        model_dir=Path(env.get("MODEL_DIR") or PROJECT_ROOT / "models" / "demo"),
+        secret_key=env.get("SECRET_KEY") or "",
+        queue_name=env.get("XRAY_QUEUE") or "xray.diagnose",
+        limits=limits,
+        max_upload_bytes=_int(env, "XRAY_MAX_UPLOAD_BYTES", Settings.max_upload_bytes),
+        task_time_limit_s=_int(env, "XRAY_TASK_TIME_LIMIT", Settings.task_time_limit_s),
+        task_soft_time_limit_s=_int(env, "XRAY_TASK_SOFT_TIME_LIMIT", Settings.task_soft_time_limit_s),
+        max_attempts=_int(env, "XRAY_MAX_ATTEMPTS", Settings.max_attempts),
+        reconcile_after_s=_int(env, "XRAY_RECONCILE_AFTER", Settings.reconcile_after_s),
+        worker_batch_size=_int(env, "XRAY_WORKER_BATCH", Settings.worker_batch_size),
+        inference_runtime=env.get("XRAY_RUNTIME") or "tensorflow",
+        inference_precision=env.get("XRAY_PRECISION") or "f32",
+        triage_max_wait_minutes=_float(env, "XRAY_TRIAGE_MAX_WAIT_MIN", Settings.triage_max_wait_minutes),
+    )
