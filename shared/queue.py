@@ -51,3 +51,16 @@ def make_celery(settings: Settings, broker_url: str, name: str = "xray") -> Cele
 def enqueue_diagnosis(app: Celery, study_id: int) -> None:
     """Send one study to the workers. Call only after the study row is committed."""
     app.send_task(TASK_DIAGNOSE, args=[study_id])
+
+
+# Workers announce themselves in Redis so that /healthz can report the model version they serve.
+HEARTBEAT_TTL_S = 60
+
+
+def heartbeat_pattern(settings: Settings) -> str:
+    return f"{settings.queue_name}:worker:*"
+
+
+def heartbeat_key(settings: Settings, worker_name: str) -> str:
+    """Redis key holding JSON {"model_version", "model_trained", "runtime", "pid", "at"}, TTL 60 s."""
+    return f"{settings.queue_name}:worker:{worker_name}"
