@@ -1,0 +1,85 @@
+"""Real processes for integration tests: a Celery worker subprocess on the real Redis, and clean-up
+that removes only the keys this test run wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from shared.config import PROJECT_ROOT, Settings
+
+WORKER_START_TIMEOUT_S = 180.0
+
+
+def service_env(settings: Settings, redis_url: str, model_dir: Path) -> dict[str, str]:
+    """The environment a worker (or web) process needs: exactly what a second machine would get."""
+    env = dict(os.environ)
+    env.update({
+        "XRAY_VAR_DIR": str(settings.var_dir),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": redis_url,
+        "STORAGE_DIR": str(settings.storage_dir),
+        "MODEL_DIR": str(model_dir),
+        "XRAY_QUEUE": settings.queue_name,
+        "OPENBLAS_NUM_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    })
+    return env
+
+
+def delete_queue_keys(redis_url: str, queue_name: str) -> None:
+    """Remove the keys of this test's queue (and kombu's bindings for it); nothing else."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{queue_name}*"))
+    keys += [k for k in client.scan_iter(match="_kombu.binding.*") if queue_name.encode() in k]
+    for key in client.scan_iter(match="_kombu.binding.*"):
+        for member in client.smembers(key):
+            if queue_name.encode() in member:
+                client.srem(key, member)
+    if keys:
+        client.delete(*keys)
+
+
+@contextmanager
+def worker_process(env: dict[str, str], log_path: Path, concurrency: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    """`xray worker` as a real subprocess in its own process group; always stopped afterwards."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency)],
+        env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5,
+               describe: Callable[[], str] = lambda: "") -> None:
+    """Poll until predicate() is true; fail with a description after timeout_s (bounded test time)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout_s:.0f} s. {describe()}")
+        time.sleep(interval_s)
