@@ -1,0 +1,1 @@
+"""Alembic migrations for the service's database (packaged; located by `shared.migrate`)."""
