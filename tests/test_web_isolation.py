@@ -1,0 +1,40 @@
+"""The web process stays small: no TensorFlow, no worker modules, after create_app and requests.
+Checked in a fresh interpreter, since other tests in this process may import TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from shared.config import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_images: list[Path]) -> None:
+    script = textwrap.dedent(f"""
+        import io, sys
+        from shared.config import load_settings
+        from tests.test_web_support import make_app, upload
+        settings = load_settings({{"XRAY_VAR_DIR": {str(settings.var_dir)!r}, "XRAY_QUEUE": "xray.test.isolation"}})
+        app, producer = make_app(settings)
+        client = app.test_client()
+        png = open({str(nih_full_images[0])!r}, "rb").read()
+        body = upload(client, [(png, "a.png")]).get_json()
+        study = body["accepted"][0]["id"]
+        for url in ["/", "/worklist", f"/studies/{{study}}", f"/studies/{{study}}/image",
+                    f"/api/v1/studies/{{study}}", f"/api/v1/batches/{{body['batch_id']}}",
+                    "/api/v1/worklist", "/healthz"]:
+            assert client.get(url).status_code in (200, 503), url
+        assert producer.sent == [("worker.tasks.diagnose_study", [study])]
+        heavy = sorted(m for m in sys.modules
+                       if m.split(".")[0] in {{"tensorflow", "keras", "worker", "training"}})
+        print("HEAVY", heavy)
+        sys.exit(1 if heavy else 0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HEAVY []" in result.stdout

@@ -1,0 +1,143 @@
+"""The X-ray and its heatmap layers, served by the app from storage: PNG as stored, DICOM converted
+to PNG for display, heatmaps validated against FINDINGS, 404s for anything missing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.config import Settings
+from shared.models import Batch, Finding
+from shared.storage import Storage
+from tests.test_web_support import add_study, make_app, session_for, upload
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def dicom_from_png(png: bytes, *, monochrome1: bool = False) -> bytes:
+    """A real X-ray wrapped as a DICOM file (CR, MONOCHROME2 or inverted MONOCHROME1)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint16) * 16  # 12-bit
+    if monochrome1:
+        pixels = 4095 - pixels
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P-0001"
+    ds.PatientName = "DOE^JANE"
+    ds.AccessionNumber = "ACC-42"
+    ds.StudyDate = "20250106"
+    ds.Modality = "CR"
+    ds.ViewPosition = "PA"
+    ds.BodyPartExamined = "CHEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def png(nih_full_images: list[Path]) -> bytes:
+    return nih_full_images[0].read_bytes()
+
+
+def test_png_original_is_served_as_stored(settings: Settings, png: bytes) -> None:
+    app, _ = make_app(settings)
+    client = app.test_client()
+    study_id = upload(client, [(png, "a.png")]).get_json()["accepted"][0]["id"]
+    response = client.get(f"/studies/{study_id}/image")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data == png
+    assert "private" in response.headers["Cache-Control"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("monochrome1", [False, True])
+def test_dicom_is_converted_to_png_for_display(settings: Settings, png: bytes, monochrome1: bool) -> None:
+    app, _ = make_app(settings)
+    client = app.test_client()
+    body = upload(client, [(dicom_from_png(png, monochrome1=monochrome1), "chest.dcm")]).get_json()
+    study_id = body["accepted"][0]["id"]
+    detail = client.get(f"/api/v1/studies/{study_id}").get_json()
+    assert detail["format"] == "dicom"
+    assert detail["dicom"]["patient_name"] == "DOE^JANE" and detail["dicom"]["accession_number"] == "ACC-42"
+    assert detail["dicom"]["body_part_examined"] == "CHEST"
+
+    response = client.get(f"/studies/{study_id}/image")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data.startswith(PNG_SIGNATURE)
+    shown = np.asarray(Image.open(io.BytesIO(response.data)), dtype=np.float64)
+    original = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    assert shown.shape == original.shape
+    # Same picture, the right way round (MONOCHROME1 inverted back): strongly positively correlated.
+    assert np.corrcoef(shown.ravel(), original.ravel())[0, 1] > 0.99
+
+
+def _study_with_heatmap(settings: Settings, heatmap: bytes | None, label: str = "Effusion") -> int:
+    storage = Storage(settings.storage_dir)
+    with session_for(settings) as session:
+        batch = Batch()
+        session.add(batch)
+        study = add_study(session, batch)
+        path = storage.put_heatmap(study.id, label, heatmap) if heatmap is not None else None
+        session.add(Finding(study=study, label=label, probability=0.8, threshold=0.4, positive=True,
+                            heatmap_path=path))
+        session.add(Finding(study=study, label="Mass", probability=0.1, threshold=0.4, positive=False))
+        session.commit()
+        return study.id
+
+
+def _heatmap_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (256, 256), (255, 0, 0, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_heatmap_is_served_from_storage(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    layer = _heatmap_png()
+    study_id = _study_with_heatmap(settings, layer)
+    response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data == layer
+
+
+@pytest.mark.parametrize("path", [
+    "/studies/{id}/heatmaps/NotAFinding.png",       # label not in FINDINGS
+    "/studies/{id}/heatmaps/..%2F..%2Fsecret.png",  # traversal attempt
+    "/studies/{id}/heatmaps/Mass.png",              # finding without a heatmap
+    "/studies/{id}/heatmaps/Edema.png",             # no such finding row
+    "/studies/999/heatmaps/Effusion.png",           # no such study
+    "/studies/999/image",
+])
+def test_heatmap_and_image_404s(settings: Settings, path: str) -> None:
+    app, _ = make_app(settings)
+    study_id = _study_with_heatmap(settings, _heatmap_png())
+    assert app.test_client().get(path.format(id=study_id)).status_code == 404
+
+
+def test_missing_files_are_404_not_500(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    study_id = _study_with_heatmap(settings, _heatmap_png())
+    for path in (settings.storage_dir / "heatmaps").rglob("*.png"):
+        path.unlink()
+    client = app.test_client()
+    assert client.get(f"/studies/{study_id}/heatmaps/Effusion.png").status_code == 404
+    assert client.get(f"/studies/{study_id}/image").status_code == 404  # original never stored

@@ -1,0 +1,81 @@
+"""Helpers the web tests share (no tests here): an app on a temporary SQLite database whose tables
+come from the ORM metadata (the app itself never creates tables), and a recording Celery producer."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.models import Base, Batch, Study, StudyStatus
+
+
+@dataclass
+class RecordingProducer:
+    """Stands in for the Celery producer app: records `send_task` calls (the only method the web
+    uses, via shared.queue.enqueue_diagnosis); `on_send` runs first and may raise."""
+
+    on_send: Callable[[str, list[Any]], None] | None = None
+    sent: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    def send_task(self, name: str, args: list[Any] | None = None, **_kwargs: Any) -> None:
+        if self.on_send is not None:
+            self.on_send(name, list(args or []))
+        self.sent.append((name, list(args or [])))
+
+
+def make_tables(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+
+def make_app(settings: Settings, producer: Any | None = None, tables: bool = True) -> tuple[Flask, Any]:
+    from web import create_app
+
+    if tables:
+        make_tables(settings)
+    producer = producer if producer is not None else RecordingProducer()
+    app = create_app(settings, celery=producer)
+    app.config["TESTING"] = True
+    return app, producer
+
+
+def session_for(settings: Settings) -> Session:
+    return make_session_factory(make_engine(settings.database_url))()
+
+
+def upload(client: FlaskClient, files: list[tuple[bytes, str]], url: str = "/api/v1/batches",
+           **form: str) -> Any:
+    data: dict[str, Any] = {"files": [(io.BytesIO(content), name) for content, name in files], **form}
+    return client.post(url, data=data, content_type="multipart/form-data")
+
+
+def stored_originals(settings: Settings) -> list[Path]:
+    root = settings.storage_dir / "originals"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def add_study(session: Session, batch: Batch, *, status: str = StudyStatus.DONE.value,
+              due_at: datetime | None = None, name: str = "x.png", **fields: Any) -> Study:
+    values: dict[str, Any] = {
+        "sha256": "0" * 64, "stored_path": "originals/00/" + "0" * 64 + ".png", "format": "png",
+        "size_bytes": 1, "width": 1024, "height": 1024, **fields,
+    }
+    study = Study(batch=batch, status=status, original_filename=name, due_at=due_at, **values)
+    session.add(study)
+    session.flush()
+    return study
+
+
+def utc(hour: int, minute: int = 0) -> datetime:
+    return datetime(2025, 1, 6, hour, minute, tzinfo=UTC)

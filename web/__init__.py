@@ -1,0 +1,67 @@
+"""The web process (Flask): upload, batch progress, study results, the worklist, /healthz.
+
+It never imports TensorFlow or `worker`: studies are enqueued by task name through a Celery
+producer app (shared.queue). The app does not create tables; `xray db upgrade` does.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from flask import Flask
+
+from shared.config import Settings, load_settings
+from shared.db import make_engine, make_session_factory
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+# Many files in one multipart request: Werkzeug's default of 1,000 parts is too few for a day's X-rays.
+MAX_FORM_PARTS = 10_000
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
+    """Build the app. `settings` default to the environment; `celery` (the producer) defaults to
+    `shared.queue.make_celery(settings, settings.redis_url)`; tests inject one."""
+    from shared.queue import make_celery
+    from shared.storage import Storage
+    from web import api, health, media, pages
+    from web.context import EXTENSION_KEY, Services, close_db_session
+    from web.errors import register_error_handlers
+    from web.security import register_security
+
+    settings = settings or load_settings()
+    if celery is None:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set: the web process needs the Redis broker the workers use "
+                               "(`xray up` starts one and sets it).")
+        celery = make_celery(settings, settings.redis_url, name="xray-web")
+        # A producer must not hang a request when the broker is down: retry briefly, then the
+        # study stays queued in the database for the reconciler.
+        celery.conf.task_publish_retry_policy = {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
+        }
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        MAX_FORM_PARTS=MAX_FORM_PARTS,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(settings.database_url)
+    app.extensions[EXTENSION_KEY] = Services(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        storage=Storage(settings.storage_dir),
+        celery=celery,
+    )
+    app.teardown_appcontext(close_db_session)
+    register_security(app)
+    register_error_handlers(app)
+    for blueprint in (api.bp, pages.bp, media.bp, health.bp):
+        app.register_blueprint(blueprint)
+    return app

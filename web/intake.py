@@ -1,0 +1,204 @@
+"""Bulk intake: validate each file by content, store it content-addressed, commit its Study row,
+and only then enqueue it. One bad file never fails the others; nothing accepted is ever lost.
+
+Pure logic (no Flask): `api.py` adapts the request to `Upload`s and the result to JSON.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import ImageLimits
+from shared.db import session_scope
+from shared.images import ImageInfo, InvalidImage, inspect_image
+from shared.models import Batch, Study, StudyStatus
+from shared.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 255
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
+# Column widths in shared.models: metadata is cut to fit (PostgreSQL enforces VARCHAR lengths).
+METADATA_COLUMNS = {
+    "patient_id": ("patient_id", 64),
+    "patient_name": ("patient_name", 200),
+    "study_instance_uid": ("study_instance_uid", 64),
+    "accession_number": ("accession_number", 64),
+    "study_date": ("study_date", 8),
+    "modality": ("modality", 16),
+    "view_position": ("view_position", 16),
+    "body_part_examined": ("body_part", 64),
+}
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file as the client sent it: its claimed name (display only) and its content."""
+
+    filename: str | None
+    stream: BinaryIO
+
+
+@dataclass(frozen=True)
+class Rejection:
+    filename: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AcceptedStudy:
+    study_id: int
+    filename: str
+    status: str
+    enqueued: bool
+
+
+@dataclass
+class IntakeResult:
+    batch_id: int | None
+    accepted: list[AcceptedStudy] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    enqueue_error: str | None = None
+
+
+class IntakeError(Exception):
+    """The request as a whole failed (storage or database): nothing was committed or enqueued."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def sanitise_filename(raw: str | None) -> str:
+    """A client's file name made safe to display: the last path component, without NUL, control or
+    format characters (e.g. bidi overrides), trimmed, at most 255 characters. Never used for storage."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Zl", "Zp"})
+    name = name.strip()
+    if name in {"", ".", ".."}:
+        return "unnamed"
+    return name[:MAX_NAME_LENGTH]
+
+
+def _read_capped(stream: BinaryIO, max_bytes: int) -> bytes | None:
+    """The whole file, or None when it is larger than `max_bytes` (reads at most one byte more)."""
+    data = stream.read(max_bytes + 1)
+    return None if len(data) > max_bytes else data
+
+
+def _storage_failure(exc: StorageError) -> IntakeError:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno in NO_SPACE_ERRNOS:
+        return IntakeError(507, "The server's storage is full, so no study of this upload was saved. "
+                                "Ask the administrator to free space, then upload again.")
+    return IntakeError(500, f"The server could not store the files ({exc}), so no study of this upload "
+                            "was saved. Please retry; if it persists, tell the administrator.")
+
+
+def _study_row(name: str, data: bytes, relpath: str, info: ImageInfo) -> Study:
+    study = Study(
+        status=StudyStatus.QUEUED.value,
+        original_filename=name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        stored_path=relpath,
+        format=info.format,
+        size_bytes=len(data),
+        width=info.width,
+        height=info.height,
+    )
+    if info.metadata is not None:
+        for source, value in info.metadata.as_dict().items():
+            if source in METADATA_COLUMNS and value is not None:
+                column, width = METADATA_COLUMNS[source]
+                setattr(study, column, str(value)[:width])
+    return study
+
+
+def ingest(
+    uploads: Iterable[Upload],
+    *,
+    session_factory: sessionmaker[Session],
+    storage: Storage,
+    limits: ImageLimits,
+    enqueue: Callable[[int], None],
+    batch_id: int | None = None,
+    label: str | None = None,
+) -> IntakeResult:
+    """Validate and store each upload, commit the accepted studies in one transaction, then enqueue.
+
+    Raises IntakeError when storage or the database fails: then no row is committed and nothing is
+    enqueued (originals already written are complete content-addressed files a retry reuses).
+    When `batch_id` is given the studies join that batch; the caller checks it exists.
+    """
+    pending: list[Study] = []
+    result = IntakeResult(batch_id=batch_id)
+    for upload in uploads:
+        name = sanitise_filename(upload.filename)
+        data = _read_capped(upload.stream, limits.max_bytes)
+        if data is None:
+            result.rejected.append(Rejection(
+                name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image."))
+            continue
+        try:
+            info = inspect_image(data, limits)
+        except InvalidImage as exc:
+            result.rejected.append(Rejection(name, str(exc)))
+            continue
+        except Exception:  # a bug reading one file must not fail the others
+            log.exception("inspecting upload %r failed", name)
+            result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
+            continue
+        try:
+            relpath = storage.put_original(data, EXTENSIONS[info.format])
+        except StorageError as exc:
+            log.error("storing upload %r failed: %s", name, exc, exc_info=True)
+            raise _storage_failure(exc) from exc
+        pending.append(_study_row(name, data, relpath, info))
+
+    if not pending:
+        return result
+
+    try:
+        with session_scope(session_factory) as session:
+            batch = session.get(Batch, batch_id) if batch_id is not None else None
+            if batch is None:
+                batch = Batch(label=label)
+                session.add(batch)
+            for study in pending:
+                study.batch = batch
+            session.add_all(pending)
+            session.flush()
+            result.batch_id = batch.id
+    except SQLAlchemyError as exc:
+        log.exception("committing %d studies failed", len(pending))
+        raise IntakeError(500, "The server could not save the studies; nothing was queued. Please retry.") from exc
+
+    # Only now, with every row committed, tell the workers. If the broker fails, the studies stay
+    # `queued` in the database and the reconciler sends them later: stop trying on the first error.
+    failed = False
+    for study in pending:
+        enqueued = False
+        if not failed:
+            try:
+                enqueue(study.id)
+                enqueued = True
+            except Exception as exc:
+                log.error("enqueueing study %d failed: %s", study.id, exc, exc_info=True)
+                failed = True
+                result.enqueue_error = (
+                    "The studies were saved but could not all be sent to the workers now; "
+                    "they stay queued and will be sent automatically."
+                )
+        result.accepted.append(AcceptedStudy(study.id, study.original_filename, study.status, enqueued))
+    return result

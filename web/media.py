@@ -1,0 +1,89 @@
+"""The X-ray and its heatmap layers, served by the app from storage (never from a public folder)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import Blueprint, Response, abort, request, send_file
+from sqlalchemy import select
+
+from shared.findings import FINDINGS
+from shared.models import Finding, Study
+from shared.storage import StorageError
+from web.context import db_session, services
+
+bp = Blueprint("media", __name__)
+log = logging.getLogger(__name__)
+
+MIMETYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+MAX_AGE_S = 3600
+
+
+def _private(response: Response) -> Response:
+    # Patient images: browsers may cache them, shared caches must not.
+    response.cache_control.private = True
+    response.cache_control.public = False
+    return response
+
+
+def _dicom_as_png(data: bytes) -> bytes:
+    """Display rendering of a DICOM (MONOCHROME1 inverted, rescale/VOI applied by read_image)."""
+    import numpy as np
+    from PIL import Image
+
+    from shared.images import read_image
+
+    image = read_image(data, services().settings.limits)
+    pixels = np.clip(image.pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
+
+@bp.get("/studies/<int:study_id>/image")
+def image(study_id: int) -> Response:
+    study = db_session().get(Study, study_id)
+    if study is None:
+        abort(404, description=f"Study {study_id} does not exist.")
+    storage = services().storage
+    try:
+        path = storage.path(study.stored_path)
+    except StorageError:
+        log.error("study %d has an invalid stored path %r", study_id, study.stored_path)
+        abort(404, description="The image file is missing.")
+    if not path.is_file():
+        abort(404, description="The image file is missing.")
+    if study.format in MIMETYPES:
+        response = send_file(path, mimetype=MIMETYPES[study.format], conditional=True, max_age=MAX_AGE_S,
+                             etag=study.sha256)
+        return _private(response)
+    from shared.images import InvalidImage
+
+    try:
+        png = _dicom_as_png(path.read_bytes())
+    except InvalidImage as exc:
+        abort(422, description=f"This DICOM cannot be displayed: {exc}")
+    response = send_file(io.BytesIO(png), mimetype="image/png",
+                         max_age=MAX_AGE_S, etag=f"{study.sha256}-png", conditional=True)
+    response.make_conditional(request)
+    return _private(response)
+
+
+@bp.get("/studies/<int:study_id>/heatmaps/<label>.png")
+def heatmap(study_id: int, label: str) -> Response:
+    if label not in FINDINGS:
+        abort(404, description=f"Unknown finding {label[:40]!r}.")
+    finding = db_session().scalar(
+        select(Finding).where(Finding.study_id == study_id, Finding.label == label)
+    )
+    if finding is None or not finding.heatmap_path:
+        abort(404, description=f"No {label} heatmap for study {study_id}.")
+    try:
+        path = services().storage.path(finding.heatmap_path)
+    except StorageError:
+        log.error("finding %d has an invalid heatmap path %r", finding.id, finding.heatmap_path)
+        abort(404, description="The heatmap file is missing.")
+    if not path.is_file():
+        abort(404, description="The heatmap file is missing.")
+    return _private(send_file(path, mimetype="image/png", conditional=True, max_age=MAX_AGE_S))

@@ -1,0 +1,134 @@
+"""ORM rows -> JSON-ready dicts. The study page and the API read the same shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import url_for
+
+from shared.findings import DISPLAY_NAMES, FINDINGS, URGENCY
+from shared.models import Batch, Finding, Study, StudyStatus
+
+DICOM_FIELDS = (
+    ("patient_id", "patient_id"),
+    ("patient_name", "patient_name"),
+    ("study_instance_uid", "study_instance_uid"),
+    ("accession_number", "accession_number"),
+    ("study_date", "study_date"),
+    ("modality", "modality"),
+    ("view_position", "view_position"),
+    ("body_part_examined", "body_part"),
+)
+STATUSES = tuple(status.value for status in StudyStatus)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back naive datetimes; they were written in UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+def dicom_metadata(study: Study) -> dict[str, str | None] | None:
+    if study.format != "dicom":
+        return None
+    return {key: getattr(study, column) for key, column in DICOM_FIELDS}
+
+
+def finding_json(study: Study, finding: Finding) -> dict[str, Any]:
+    box = None
+    if finding.box_x is not None and finding.box_w is not None:
+        box = {"x": finding.box_x, "y": finding.box_y, "width": finding.box_w, "height": finding.box_h}
+    heatmap_url = None
+    if finding.heatmap_path:
+        heatmap_url = url_for("media.heatmap", study_id=study.id, label=finding.label)
+    return {
+        "label": finding.label,
+        "display_name": DISPLAY_NAMES.get(finding.label, finding.label),
+        "probability": finding.probability,
+        "threshold": finding.threshold,
+        "positive": finding.positive,
+        "urgency": URGENCY.get(finding.label),
+        "heatmap_url": heatmap_url,
+        "box": box,
+    }
+
+
+def ordered_findings(study: Study) -> list[Finding]:
+    order = {label: index for index, label in enumerate(FINDINGS)}
+    return sorted(study.findings, key=lambda f: (order.get(f.label, len(order)), f.label))
+
+
+def study_summary(study: Study) -> dict[str, Any]:
+    return {
+        "id": study.id,
+        "filename": study.original_filename,
+        "status": study.status,
+        "error": study.error,
+        "url": url_for("api.get_study", study_id=study.id),
+        "page_url": url_for("pages.study", study_id=study.id),
+    }
+
+
+def study_detail(study: Study) -> dict[str, Any]:
+    return {
+        **study_summary(study),
+        "batch_id": study.batch_id,
+        "format": study.format,
+        "width": study.width,
+        "height": study.height,
+        "size_bytes": study.size_bytes,
+        "sha256": study.sha256,
+        "attempts": study.attempts,
+        "model_version": study.model_version,
+        "model_trained": study.model_trained,
+        "timings_ms": study.timings,
+        "urgency": study.urgency,
+        "due_at": iso(study.due_at),
+        "created_at": iso(study.created_at),
+        "started_at": iso(study.started_at),
+        "finished_at": iso(study.finished_at),
+        "dicom": dicom_metadata(study),
+        "image_url": url_for("media.image", study_id=study.id),
+        "findings": [finding_json(study, f) for f in ordered_findings(study)],
+    }
+
+
+def batch_detail(batch: Batch, counts: dict[str, int], studies: list[Study]) -> dict[str, Any]:
+    full_counts = {status: counts.get(status, 0) for status in STATUSES}
+    total = sum(full_counts.values())
+    return {
+        "id": batch.id,
+        "label": batch.label,
+        "created_at": iso(batch.created_at),
+        "counts": {**full_counts, "total": total},
+        "complete": full_counts["queued"] + full_counts["processing"] == 0,
+        "url": url_for("api.get_batch", batch_id=batch.id),
+        "studies": [study_summary(s) for s in studies],
+    }
+
+
+def worklist_item(study: Study, positives: list[Finding]) -> dict[str, Any]:
+    positives = sorted(positives, key=lambda f: -f.probability)
+    return {
+        "id": study.id,
+        "filename": study.original_filename,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "urgency": study.urgency,
+        "due_at": iso(study.due_at),
+        "finished_at": iso(study.finished_at),
+        "model_version": study.model_version,
+        "model_trained": study.model_trained,
+        "positives": [
+            {"label": f.label, "display_name": DISPLAY_NAMES.get(f.label, f.label), "probability": f.probability}
+            for f in positives
+        ],
+        "url": url_for("api.get_study", study_id=study.id),
+        "page_url": url_for("pages.study", study_id=study.id),
+    }
