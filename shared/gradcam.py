@@ -1,0 +1,144 @@
+"""Class activation maps for all findings from the forward pass, boxes, heatmap layers and overlays.
+
+The head is global average pooling then a dense layer, so Grad-CAM equals CAM: for finding k the
+gradient of the logit with respect to the feature map A (h, w, C) is kernel[:, k] / (h * w) at every
+position, and Grad-CAM's relu(sum_c mean_grad_c * A_c) is relu(A . kernel[:, k]) up to a positive
+factor that the per-map normalisation removes. No gradient pass is needed (tests/test_gradcam.py
+holds this equal to a GradientTape Grad-CAM).
+
+Geometry: the model sees the whole image resized (aspect not kept) to S x S, so map cell (i, j) of an
+h x w map covers rows [i*H/h, (i+1)*H/h) and columns [j*W/w, (j+1)*W/w) of the W x H original.
+Upsampling uses bilinear interpolation with half-pixel centres (cell centres at (j + 0.5) * W / w).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+# Boxes are found on the map upsampled to at most this many samples per map cell along each axis
+# (at 224 input and 7 x 7 maps: the model's own 224 x 224 resolution), then scaled to the original.
+BOX_SAMPLES_PER_CELL = 32
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in original pixel coordinates: x, y of the top-left corner, width, height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def class_activation_maps(features: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """relu(A . w_k) for every class k, each map divided by its maximum: (h, w, C), (C, K) -> (K, h, w).
+
+    A map with no positive value stays all zero (no division by zero).
+    """
+    features = np.asarray(features, dtype=np.float32)
+    kernel = np.asarray(kernel, dtype=np.float32)
+    if features.ndim != 3 or kernel.ndim != 2 or features.shape[2] != kernel.shape[0]:
+        raise ValueError(f"expected features (h, w, C) and kernel (C, K), got {features.shape} and {kernel.shape}")
+    h, w, channels = features.shape
+    maps = np.maximum(features.reshape(h * w, channels) @ kernel, 0.0)  # (h*w, K)
+    peaks = maps.max(axis=0)
+    scale = np.divide(1.0, peaks, out=np.zeros_like(peaks), where=peaks > 0)
+    return (maps * scale).T.reshape(kernel.shape[1], h, w).astype(np.float32)
+
+
+def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) bilinear weights with half-pixel centres, edges clamped."""
+    source = (np.arange(size_out, dtype=np.float64) + 0.5) * size_in / size_out - 0.5
+    source = np.clip(source, 0.0, size_in - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = source - low
+    matrix = np.zeros((size_out, size_in), dtype=np.float64)
+    rows = np.arange(size_out)
+    np.add.at(matrix, (rows, low), 1.0 - frac)
+    np.add.at(matrix, (rows, high), frac)
+    return matrix.astype(np.float32)
+
+
+def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of an (h, w) map to (height, width), half-pixel centres."""
+    cam = np.asarray(cam, dtype=np.float32)
+    rows = _interpolation_matrix(cam.shape[0], height)
+    cols = _interpolation_matrix(cam.shape[1], width)
+    return rows @ cam @ cols.T
+
+
+def box_from_cam(cam: np.ndarray, width: int, height: int, fraction: float = 0.5) -> Box | None:
+    """The largest connected region of the map above `fraction` of its max, as a box on the W x H original.
+
+    None for a map with no positive value.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    peak = float(cam.max()) if cam.size else 0.0
+    if peak <= 0.0:
+        return None
+    grid_h = min(height, cam.shape[0] * BOX_SAMPLES_PER_CELL)
+    grid_w = min(width, cam.shape[1] * BOX_SAMPLES_PER_CELL)
+    fine = upsample(cam, grid_h, grid_w)
+    labels, count = ndimage.label(fine >= fraction * peak)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    x0 = int(round(cols.start * width / grid_w))
+    x1 = int(round(cols.stop * width / grid_w))
+    y0 = int(round(rows.start * height / grid_h))
+    y1 = int(round(rows.stop * height / grid_h))
+    return Box(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0))
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """A jet-like colour map: values in [0, 1] -> uint8 RGB (dark blue, cyan, yellow, red)."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.asarray([3.0, 2.0, 1.0], dtype=np.float32)  # R, G, B
+    rgb = np.clip(1.5 - np.abs(4.0 * v - centres), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def _png(image: Image.Image, compress_level: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def heatmap_layer_png(cam: np.ndarray, size: int = 256) -> bytes:
+    """The colour-mapped map as an RGBA PNG of size x size; alpha grows with the activation."""
+    fine = np.clip(upsample(cam, size, size), 0.0, 1.0)
+    rgba = np.empty((size, size, 4), dtype=np.uint8)
+    rgba[..., :3] = jet(fine)
+    rgba[..., 3] = (fine * 255.0 + 0.5).astype(np.uint8)
+    return _png(Image.fromarray(rgba))
+
+
+def overlay_rgb(pixels: np.ndarray, cam: np.ndarray, box: Box | None = None, alpha: float = 0.4) -> Image.Image:
+    """The X-ray with the colour map laid over it (opacity alpha x activation) and the box drawn."""
+    grey = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    height, width = grey.shape
+    fine = np.clip(upsample(cam, height, width), 0.0, 1.0)
+    weight = (alpha * fine)[..., None]
+    base = np.repeat(grey[..., None] * 255.0, 3, axis=2)
+    blended = base * (1.0 - weight) + jet(fine).astype(np.float32) * weight
+    image = Image.fromarray((blended + 0.5).astype(np.uint8))
+    if box is not None:
+        line = max(2, round(max(width, height) / 256))
+        corners = [box.x, box.y, box.x + box.width - 1, box.y + box.height - 1]
+        ImageDraw.Draw(image).rectangle(corners, outline=(0, 255, 0), width=line)
+    return image
+
+
+def overlay_png(pixels: np.ndarray, cam: np.ndarray, box: Box | None = None, alpha: float = 0.4) -> bytes:
+    """`overlay_rgb` as an RGB PNG at the image's own size."""
+    return _png(overlay_rgb(pixels, cam, box, alpha))
