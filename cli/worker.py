@@ -1,0 +1,91 @@
+"""`xray worker [--concurrency N] [--pool prefork|solo|threads] [--loglevel LEVEL]`: a Celery worker
+for the configured queue (XRAY_QUEUE) on REDIS_URL, diagnosing into DATABASE_URL and STORAGE_DIR with
+the bundle at MODEL_DIR. Stop it with SIGTERM or Ctrl-C (warm shutdown: the running study finishes)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("worker", help="run a worker that diagnoses queued studies")
+    parser.add_argument("--concurrency", "-c", type=int, default=1,
+                        help="pool processes, each with its own copy of the model (default 1)")
+    parser.add_argument("--pool", choices=("prefork", "solo", "threads"), default="prefork",
+                        help="prefork (default): model loaded in each child after the fork")
+    parser.add_argument("--loglevel", "-l", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.set_defaults(func=run)
+
+
+def preflight(settings: object) -> str | None:
+    """What stops a worker from working, as a message for the operator; None when all is well.
+
+    Checks the environment without importing TensorFlow (the main process must not load the model).
+    """
+    from shared.config import Settings
+    from shared.migrate import current, head
+
+    assert isinstance(settings, Settings)
+    if not settings.redis_url:
+        return ("REDIS_URL is not set: point it at the Redis server the web sends studies to "
+                "(or use `xray up`, which starts an embedded one)")
+    if not (settings.model_dir / "card.json").is_file():
+        return (f"no model bundle at {settings.model_dir} (MODEL_DIR): `git checkout models/demo`, "
+                "train one with `xray train`, or create an untrained one with `xray model init DIR`")
+    try:
+        revision = current(settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - reported to the operator
+        return f"cannot reach the database (DATABASE_URL): {exc}"
+    if revision != head():
+        return f"the database schema is at {revision or 'nothing'}, not {head()}: run `xray db upgrade`"
+    return None
+
+
+def celery_argv(settings: object, concurrency: int, pool: str, loglevel: str) -> list[str]:
+    from shared.config import Settings
+
+    assert isinstance(settings, Settings)
+    return [
+        "worker",
+        f"--queues={settings.queue_name}",
+        f"--pool={pool}",
+        f"--concurrency={max(1, concurrency)}",
+        f"--loglevel={loglevel}",
+        f"--hostname=xray-{os.getpid()}@%h",
+        # No gossip, mingle or event heartbeats: this service does not use them, and they slow startup.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported anywhere
+    from shared.config import load_settings
+
+    settings = load_settings()
+    problem = preflight(settings)
+    if problem:
+        print(f"xray worker: {problem}", file=sys.stderr)
+        return 2
+    from worker.celery_app import app
+
+    print(f"xray worker: queue {settings.queue_name} on {_redacted(settings.redis_url or '')}, "
+          f"model {settings.model_dir}, {args.pool} x {args.concurrency}", flush=True)
+    try:
+        app.worker_main(celery_argv(settings, args.concurrency, args.pool, args.loglevel))
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

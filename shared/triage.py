@@ -1,0 +1,67 @@
+"""Triage: how urgent a diagnosed study is, and when it is due on the worklist.
+
+Urgency is in [0, 1] and comes in two bands so that every study the model calls positive is ahead of
+every study it calls normal at the same completion time:
+
+- positive study: `0.5 + 0.5 * max URGENCY[label]` over its positive findings (0.6 .. 1.0);
+- normal study:   `0.5 * max URGENCY[label] * min(1, probability / threshold)` over all findings
+  (0 .. 0.5), a continuous score, so normal studies still order by how close they came to a
+  threshold, weighted by how serious that finding would be.
+
+The worklist orders done studies by `due_at = finished_at + max_wait * (1 - urgency)`. Every study is
+due at most `max_wait` after it finished, and a study finishing later is due no earlier than it
+finished: a normal study is overtaken by no study that completes after its due time (bounded wait,
+no starvation), while urgent studies that complete meanwhile still go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from shared.findings import URGENCY
+
+POSITIVE_FLOOR = 0.5
+
+
+class ScoredFinding(Protocol):
+    """What triage needs of a finding (shared.diagnosis.FindingResult and models.Finding both fit)."""
+
+    label: str
+    probability: float
+    threshold: float
+    positive: bool
+
+
+@dataclass(frozen=True)
+class Triage:
+    urgency: float
+    due_at: datetime
+
+
+def urgency(findings: Iterable[ScoredFinding]) -> float:
+    positive_scores: list[float] = []
+    normal_scores: list[float] = [0.0]
+    for finding in findings:
+        weight = URGENCY.get(finding.label, 0.0)
+        if finding.positive:
+            positive_scores.append(weight)
+        elif finding.threshold > 0:
+            ratio = min(1.0, max(0.0, finding.probability / finding.threshold))
+            normal_scores.append(weight * ratio)
+    if positive_scores:
+        return POSITIVE_FLOOR + (1.0 - POSITIVE_FLOOR) * max(positive_scores)
+    # Strictly below the positive band even when a probability sits exactly at a threshold.
+    return min(POSITIVE_FLOOR * max(normal_scores), POSITIVE_FLOOR - 1e-6)
+
+
+def due_at(finished_at: datetime, urgency_value: float, max_wait_minutes: float) -> datetime:
+    clamped = min(1.0, max(0.0, urgency_value))
+    return finished_at + timedelta(minutes=max_wait_minutes * (1.0 - clamped))
+
+
+def triage(findings: Iterable[ScoredFinding], finished_at: datetime, max_wait_minutes: float) -> Triage:
+    value = urgency(findings)
+    return Triage(urgency=value, due_at=due_at(finished_at, value, max_wait_minutes))

@@ -1,0 +1,1 @@
+"""The Celery worker: diagnoses queued studies (see worker/processing.py for the core, without Celery)."""
