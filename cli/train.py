@@ -1,0 +1,102 @@
+"""`xray train`: train the ResNet50 classifier on NIH ChestX-ray14 and write a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _input_size(text: str) -> int:
+    value = int(text)
+    if not 32 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be from 32 to 1024, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the classifier on NIH ChestX-ray14 and write a model bundle",
+        description="Train ResNet50 on NIH ChestX-ray14 images with a patient-wise split, choose "
+        "thresholds on validation, evaluate on test, and write models/NAME (weights + card.json).",
+    )
+    parser.add_argument("--images", type=Path, required=True, help="folder of NIH PNG images")
+    parser.add_argument("--labels", type=Path, required=True, help="NIH Data_Entry file (.csv or .csv.gz)")
+    parser.add_argument("--split-lists", type=Path, default=None,
+                        help="folder with NIH's train_val_list.txt and test_list.txt "
+                        "(default: a deterministic 70/10/20 split by hashed Patient ID)")
+    parser.add_argument("--out", type=Path, default=Path("models/demo"), help="bundle folder (default models/demo)")
+    parser.add_argument("--image-size", type=_input_size, default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default 16)")
+    parser.add_argument("--weights", default="none",
+                        help="initial weights: 'imagenet' (needs internet), 'none' (from scratch, the "
+                        "default), a Keras ResNet50 notop .h5 file, or a bundle folder")
+    parser.add_argument("--fine-tune-layers", type=_positive_int, default=None,
+                        help="train only the last N layers with weights (default: all; ignored from scratch)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="where checkpoints go (default var/checkpoints/NAME)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                        help="stop after the epoch that would otherwise overrun this many minutes")
+    parser.add_argument("--no-augment", action="store_true", help="no augmentation")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="replace a bundle already in --out")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.classifier import CARD_FILE, BundleError
+
+    if (args.out / CARD_FILE).exists() and not args.force and not args.resume:
+        print(f"error: {args.out} already holds a model bundle; pass --force to replace it", file=sys.stderr)
+        return 2
+    if args.weights == "none" and args.fine_tune_layers is not None:
+        print("note: --fine-tune-layers is ignored when training from scratch (all layers train)", file=sys.stderr)
+
+    from training.dataset import DatasetError
+    from training.labels import LabelFileError
+    from training.model import WeightsError
+    from training.splits import SplitError
+    from training.train import TrainConfig, TrainingError, train
+
+    project_root = Path(__file__).resolve().parent.parent
+    config = TrainConfig(
+        images_dir=args.images,
+        labels_path=args.labels,
+        out_dir=args.out,
+        split_lists=args.split_lists,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        fine_tune_layers=args.fine_tune_layers,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        checkpoint_dir=args.checkpoint_dir or project_root / "var" / "checkpoints" / args.out.name,
+        resume=args.resume,
+        time_budget_min=args.time_budget,
+        augment=not args.no_augment,
+        progress=not args.no_progress,
+    )
+    try:
+        card = train(config)
+    except (WeightsError, TrainingError, DatasetError, LabelFileError, SplitError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    test = card["metrics"].get("test", {})
+    print(f"wrote {args.out} (version {card['version']}); validation-chosen thresholds in card.json")
+    if test:
+        print(f"test mean AUROC {test['mean_auroc']} over {test['mean_auroc_findings']} findings "
+              f"({test['n_images']} images); report: {args.out / 'report.md'}")
+    return 0

@@ -1,0 +1,262 @@
+"""Evaluating a bundle on a patient-disjoint split.
+
+Thresholds are chosen on the VALIDATION split (Youden's J) and only applied to the test split.
+Everything here is deterministic: fixed prediction batch size, fixed bootstrap seed, so
+`xray evaluate` reproduces the numbers written into card.json at training time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.config import ImageLimits
+from shared.findings import FINDINGS, index_of
+from training.dataset import load_arrays
+from training.labels import BBOX_FRAME, BoundingBox, LabelTable, read_boxes, read_labels
+from training.metrics import auroc, binary_counts, bootstrap_auroc_ci, iobb, nanmean, youden_threshold
+from training.splits import Split, SplitError, split_by_patient, split_from_lists
+
+if TYPE_CHECKING:
+    from shared.classifier import Classifier
+
+PREDICT_BATCH = 16  # fixed, so that predictions (and so metrics) do not depend on a setting
+CHUNK = 256  # images decoded at a time
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
+DEFAULT_THRESHOLD = 0.5
+ROUND = 4
+
+
+@dataclass
+class Predictions:
+    """Model outputs for one split: image names, 0/1 targets (N, 14), probabilities (N, 14)."""
+
+    names: tuple[str, ...]
+    patients: tuple[str, ...]
+    targets: np.ndarray
+    probabilities: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # only for images asked for
+
+
+def _r(value: float) -> float | None:
+    """Round for the card; NaN becomes None (JSON null, shown as n/a)."""
+    return None if value is None or np.isnan(value) else round(float(value), ROUND)
+
+
+def predict(
+    classifier: Classifier,
+    images_dir: str | Path,
+    table: LabelTable,
+    keep_features_for: set[str] | None = None,
+    limits: ImageLimits | None = None,
+    progress: bool = True,
+    description: str = "images",
+) -> Predictions:
+    """Decode, preprocess and predict every image of `table` (in chunks, fixed batch size)."""
+    keep = keep_features_for or set()
+    probabilities = np.zeros((len(table), len(FINDINGS)), dtype=np.float32)
+    features: dict[str, np.ndarray] = {}
+    for start in range(0, len(table), CHUNK):
+        names = table.images[start : start + CHUNK]
+        arrays = load_arrays(
+            images_dir, names, classifier.input_size, limits, progress=progress, description=description
+        )
+        for b in range(0, len(names), PREDICT_BATCH):
+            probs, feats = classifier.predict(arrays[b : b + PREDICT_BATCH])
+            probabilities[start + b : start + b + len(probs)] = probs
+            for i, name in enumerate(names[b : b + PREDICT_BATCH]):
+                if name in keep:
+                    features[name] = feats[i]
+    return Predictions(table.images, table.patients, table.targets.copy(), probabilities, features)
+
+
+def choose_thresholds(validation: Predictions) -> tuple[dict[str, float], dict[str, str]]:
+    """Per-finding Youden's J thresholds on validation predictions, and where each came from
+    (a finding with no positives or no negatives in validation gets DEFAULT_THRESHOLD)."""
+    thresholds: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for k, label in enumerate(FINDINGS):
+        y = validation.targets[:, k]
+        if 0 < y.sum() < len(y):
+            thresholds[label] = float(youden_threshold(y, validation.probabilities[:, k]))
+            sources[label] = "validation Youden's J"
+        else:
+            thresholds[label] = DEFAULT_THRESHOLD
+            sources[label] = f"default {DEFAULT_THRESHOLD} (validation has no positives or no negatives)"
+    return thresholds, sources
+
+
+def classification_metrics(
+    predictions: Predictions,
+    thresholds: dict[str, float],
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Per-finding AUROC (+95 % bootstrap CI, n positives), precision/recall/F1 at `thresholds`,
+    mean AUROC over findings where it is defined, and micro-averaged precision/recall/F1."""
+    per_finding: dict[str, dict[str, Any]] = {}
+    aurocs: list[float] = []
+    total_tp = total_fp = total_fn = 0
+    for k, label in enumerate(FINDINGS):
+        y = predictions.targets[:, k]
+        scores = predictions.probabilities[:, k]
+        value = auroc(y, scores)
+        low, high = bootstrap_auroc_ci(y, scores, n_resamples=n_resamples, seed=seed + k)
+        counts = binary_counts(y, scores >= thresholds[label])
+        total_tp, total_fp, total_fn = total_tp + counts.tp, total_fp + counts.fp, total_fn + counts.fn
+        aurocs.append(value)
+        per_finding[label] = {
+            "n_positive": int(y.sum()),
+            "n_negative": int(len(y) - y.sum()),
+            "auroc": _r(value),
+            "auroc_ci95": [_r(low), _r(high)],
+            "threshold": _r(thresholds[label]),
+            "precision": _r(counts.precision),
+            "recall": _r(counts.recall),
+            "f1": _r(counts.f1),
+            "tp": counts.tp,
+            "fp": counts.fp,
+            "fn": counts.fn,
+            "tn": counts.tn,
+        }
+    micro_p = total_tp / (total_tp + total_fp) if total_tp + total_fp else float("nan")
+    micro_r = total_tp / (total_tp + total_fn) if total_tp + total_fn else float("nan")
+    micro_f1 = 2 * total_tp / (2 * total_tp + total_fp + total_fn) if total_tp + total_fn else float("nan")
+    defined = [label for label, v in zip(FINDINGS, aurocs, strict=True) if not np.isnan(v)]
+    return {
+        "n_images": len(predictions.names),
+        "n_patients": len(set(predictions.patients)),
+        "mean_auroc": _r(nanmean(aurocs)),
+        "mean_auroc_findings": len(defined),
+        "micro": {"precision": _r(micro_p), "recall": _r(micro_r), "f1": _r(micro_f1)},
+        "per_finding": per_finding,
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "image"},
+    }
+
+
+def localisation_metrics(
+    classifier: Classifier, predictions: Predictions, boxes: Sequence[BoundingBox]
+) -> dict[str, Any]:
+    """Wang et al. 2017: per finding, the share of radiologist boxes that the CAM box of that
+    finding overlaps with IoBB above 0.1 / 0.25 / 0.5. Boxes are compared in NIH's 1024 frame."""
+    from shared.gradcam import box_from_cam, class_activation_maps
+
+    hits: dict[str, list[float]] = {}
+    for box in boxes:
+        features = predictions.features.get(box.image)
+        if features is None:
+            continue
+        cams = class_activation_maps(features, classifier.dense_kernel)
+        detected = box_from_cam(cams[index_of(box.label)], BBOX_FRAME, BBOX_FRAME)
+        value = 0.0
+        if detected is not None:
+            value = iobb(
+                (box.x, box.y, box.width, box.height),
+                (detected.x, detected.y, detected.width, detected.height),
+            )
+        hits.setdefault(box.label, []).append(value)
+    per_finding = {
+        label: {
+            "n_boxes": len(values),
+            **{f"iobb>{t:g}": _r(float(np.mean([v > t for v in values]))) for t in IOBB_THRESHOLDS},
+        }
+        for label, values in sorted(hits.items(), key=lambda item: index_of(item[0]))
+    }
+    return {"n_boxes": sum(len(v) for v in hits.values()), "per_finding": per_finding, "box_fraction": 0.5}
+
+
+def calibrate_and_evaluate(
+    validation: Predictions, test: Predictions | None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Thresholds from the validation predictions ONLY, then metrics of both splits at them.
+    Returns (thresholds, the card's `metrics`: validation and test results)."""
+    thresholds, sources = choose_thresholds(validation)
+    metrics: dict[str, Any] = {
+        "thresholds_from": "validation split, Youden's J per finding",
+        "threshold_sources": sources,
+        "validation": {"split": "validation", **classification_metrics(validation, thresholds)},
+    }
+    if test is not None:
+        metrics["test"] = {"split": "test", **classification_metrics(test, thresholds)}
+    return thresholds, metrics
+
+
+def split_for_bundle(
+    classifier: Classifier, table: LabelTable, split_lists: str | Path | None = None
+) -> Split:
+    """The split recorded in the bundle's card (so anyone re-evaluates on the same images);
+    else NIH's lists when given; else the deterministic patient-hash split."""
+    recorded = classifier.card.training.get("split") if classifier.card.training else None
+    if recorded and all(name in recorded for name in ("train", "validation", "test")):
+        return Split.from_dict(recorded)
+    if split_lists is not None:
+        return split_from_lists(table, split_lists)
+    return split_by_patient(table)
+
+
+@dataclass
+class Evaluation:
+    split: str
+    metrics: dict[str, Any]
+    predictions: Predictions
+
+
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    images_dir: str | Path,
+    labels_path: str | Path,
+    split_name: str = "test",
+    bbox_path: str | Path | None = None,
+    split_lists: str | Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Load a bundle and evaluate it on one split at the card's thresholds."""
+    from shared.classifier import Classifier
+
+    classifier = Classifier.load(bundle_dir)
+    table = read_labels(labels_path)
+    split = split_for_bundle(classifier, table, split_lists)
+    names = split.names(split_name)
+    if not names:
+        raise SplitError(f"the {split_name} split is empty")
+    return evaluate_classifier(classifier, images_dir, table.subset(names), split_name, bbox_path, progress)
+
+
+def evaluate_classifier(
+    classifier: Classifier,
+    images_dir: str | Path,
+    table: LabelTable,
+    split_name: str,
+    bbox_path: str | Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    thresholds = {label: float(classifier.card.thresholds[label]) for label in FINDINGS}
+    boxes = [b for b in read_boxes(bbox_path) if b.image in set(table.images)] if bbox_path else []
+    predictions = predict(
+        classifier, images_dir, table, {b.image for b in boxes}, progress=progress, description=split_name
+    )
+    metrics = {"split": split_name, **classification_metrics(predictions, thresholds)}
+    if bbox_path:
+        metrics["localisation"] = localisation_metrics(classifier, predictions, boxes)
+    return Evaluation(split_name, metrics, predictions)
+
+
+def compare_metrics(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Differences between two metric dicts (keys present in both), as readable lines."""
+    differences: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in a.keys() & b.keys():
+                walk(a[key], b[key], f"{where}.{key}" if where else str(key))
+        elif a != b:
+            differences.append(f"{where}: card {a!r}, now {b!r}")
+
+    walk(expected, actual, "")
+    return sorted(differences)

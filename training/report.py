@@ -1,0 +1,120 @@
+"""Human-readable evaluation output: a Markdown report and a ROC-curve PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.findings import FINDINGS
+from training.metrics import roc_curve
+
+if TYPE_CHECKING:
+    from shared.classifier import ModelCard
+    from training.evaluate import Evaluation
+
+REPORT_FILE = "report.md"
+ROC_FILE = "roc.png"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ci(pair: list[float | None]) -> str:
+    low, high = pair
+    return "n/a" if low is None or high is None else f"{low:.2f}-{high:.2f}"
+
+
+def roc_png(evaluation: Evaluation, path: Path, title: str) -> None:
+    """One ROC curve per finding with both classes present in the split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    predictions = evaluation.predictions
+    figure, axes = plt.subplots(figsize=(7, 7), dpi=100)
+    for k, label in enumerate(FINDINGS):
+        fpr, tpr, _ = roc_curve(predictions.targets[:, k], predictions.probabilities[:, k])
+        if len(fpr) == 0:
+            continue
+        value = evaluation.metrics["per_finding"][label]["auroc"]
+        n = evaluation.metrics["per_finding"][label]["n_positive"]
+        axes.plot(fpr, tpr, linewidth=1.2, label=f"{label} {value:.2f} (n={n})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(loc="lower right", fontsize=7)
+    axes.set_aspect("equal")
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})
+    plt.close(figure)
+
+
+def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | None = ROC_FILE) -> str:
+    """A short report: headline, per-finding table, localisation, caveats."""
+    lines: list[str] = []
+    if card is not None:
+        lines += [
+            f"# Evaluation of `{card.name}` (version {card.version})",
+            "",
+            f"Input {card.input_size}x{card.input_size}, trained: {str(card.trained).lower()}. "
+            f"{card.intended_use}",
+            "",
+        ]
+    else:
+        lines += ["# Evaluation", ""]
+    lines += [
+        f"Split **{metrics['split']}**: {metrics['n_images']} images of {metrics['n_patients']} patients "
+        "(patient-disjoint from training). Mean AUROC "
+        f"**{_fmt(metrics['mean_auroc'])}** over the {metrics['mean_auroc_findings']} findings that have "
+        "both positives and negatives here. Thresholds are the card's (chosen on the validation split). "
+        f"Micro-averaged precision {_fmt(metrics['micro']['precision'])}, recall "
+        f"{_fmt(metrics['micro']['recall'])}, F1 {_fmt(metrics['micro']['f1'])}.",
+        "",
+        "| finding | positives | AUROC | 95% CI | threshold | precision | recall | F1 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for label in FINDINGS:
+        m = metrics["per_finding"][label]
+        lines.append(
+            f"| {label} | {m['n_positive']} | {_fmt(m['auroc'])} | {_ci(m['auroc_ci95'])} | "
+            f"{_fmt(m['threshold'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} |"
+        )
+    boot = metrics["bootstrap"]
+    lines += [
+        "",
+        f"95% CI: percentile bootstrap over images, {boot['resamples']} resamples, seed {boot['seed']}. "
+        "n/a: no positives (or no negatives) in this split, so the value is undefined. With few "
+        "positives the intervals are wide; read them before the point estimates.",
+    ]
+    localisation = metrics.get("localisation")
+    if localisation is not None:
+        lines += ["", "## Localisation (Wang et al. 2017: share of radiologist boxes with IoBB above t)", ""]
+        if localisation["n_boxes"] == 0:
+            lines.append("No radiologist boxes for images of this split.")
+        else:
+            lines += ["| finding | boxes | IoBB>0.1 | IoBB>0.25 | IoBB>0.5 |", "|---|---:|---:|---:|---:|"]
+            for label, m in localisation["per_finding"].items():
+                lines.append(
+                    f"| {label} | {m['n_boxes']} | {_fmt(m['iobb>0.1'], 2)} | {_fmt(m['iobb>0.25'], 2)} | "
+                    f"{_fmt(m['iobb>0.5'], 2)} |"
+                )
+    if roc_file:
+        lines += ["", f"![ROC curves]({roc_file})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(card: ModelCard | None, evaluation: Evaluation, directory: str | Path) -> tuple[Path, Path]:
+    """Write report.md and roc.png into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    title = f"ROC, {evaluation.split} split" + (f", {card.name} {card.version}" if card else "")
+    roc_path = directory / ROC_FILE
+    roc_png(evaluation, roc_path, title)
+    report_path = directory / REPORT_FILE
+    report_path.write_text(markdown(card, evaluation.metrics))
+    return report_path, roc_path

@@ -1,0 +1,306 @@
+"""Training: labels -> patient-wise split -> cached tf.data -> class-weighted BCE -> best
+validation mean AUROC checkpoint -> bundle with validation thresholds and test metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.findings import FINDINGS
+from training.dataset import Augmentation, load_arrays, train_dataset
+from training.labels import LabelTable, read_labels
+from training.metrics import auroc, nanmean
+from training.model import (
+    build_initial_model,
+    positive_weights,
+    probabilities_model,
+    set_trainable,
+    weighted_bce_loss,
+)
+from training.splits import SPLIT_NAMES, Split, split_by_patient, split_from_lists
+
+if TYPE_CHECKING:
+    import keras
+
+RESEARCH_USE = (
+    "Research demo, not for clinical use. Trained on a small public research set; it has not been "
+    "validated on any hospital's patients and must not inform any patient's care."
+)
+BEST_WEIGHTS = "best.weights.h5"
+LAST_WEIGHTS = "last.weights.h5"
+LAST_OPTIMIZER = "last_optimizer.npz"
+STATE_FILE = "state.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    images_dir: Path
+    labels_path: Path
+    out_dir: Path
+    split_lists: Path | None = None
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 16
+    weights: str = "none"
+    fine_tune_layers: int | None = None
+    learning_rate: float = 1e-3
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    time_budget_min: float | None = None
+    augment: bool = True
+    progress: bool = True
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or (self.out_dir.parent.parent / "var" / "checkpoints" / self.out_dir.name)
+
+
+def mean_auroc(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float, list[float]]:
+    values = [auroc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])]
+    return nanmean(values), values
+
+
+def make_split(config: TrainConfig, table: LabelTable) -> Split:
+    if config.split_lists is not None:
+        return split_from_lists(table, config.split_lists)
+    return split_by_patient(table)
+
+
+def _save_optimizer(optimizer: Any, path: Path) -> None:
+    arrays = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _load_optimizer(optimizer: Any, model: keras.Model, path: Path) -> None:
+    optimizer.build(model.trainable_variables)
+    with np.load(path) as stored:
+        values = [stored[f"v{i:04d}"] for i in range(len(stored.files))]
+    if len(values) != len(optimizer.variables):
+        raise TrainingError(
+            f"{path}: optimizer state has {len(values)} tensors, expected {len(optimizer.variables)}; "
+            "resume with the same --weights/--fine-tune-layers settings"
+        )
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+
+
+def _checkpoint_callback(
+    config: TrainConfig,
+    model: keras.Model,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    state: dict[str, Any],
+    started: float,
+) -> Any:
+    import keras
+
+    directory = config.checkpoints
+
+    class ValidationCheckpoint(keras.callbacks.Callback):
+        """Validation mean AUROC each epoch; keeps the best weights; saves a resumable state."""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs if logs is not None else {}
+            probabilities = model.predict(val_x, batch_size=16, verbose=0)[0]
+            value, _ = mean_auroc(val_y, probabilities)
+            logs["val_mean_auroc"] = value
+            entry = {
+                "epoch": epoch + 1,
+                "loss": float(logs.get("loss", float("nan"))),
+                "val_mean_auroc": None if np.isnan(value) else round(value, 4),
+                "elapsed_s": round(time.monotonic() - started + state.get("elapsed_before_s", 0.0), 1),
+            }
+            state["history"].append(entry)
+            improved = not np.isnan(value) and (state["best_auroc"] is None or value > state["best_auroc"])
+            if improved:
+                state["best_auroc"] = float(value)
+                state["best_epoch"] = epoch + 1
+                model.save_weights(directory / BEST_WEIGHTS)
+            model.save_weights(directory / LAST_WEIGHTS)
+            _save_optimizer(self.model.optimizer, directory / LAST_OPTIMIZER)
+            state["epochs_done"] = epoch + 1
+            saved = {k: v for k, v in state.items() if not k.startswith("_")}
+            (directory / STATE_FILE).write_text(json.dumps(saved, indent=2))
+            best = state["best_auroc"]
+            print(
+                f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation mean AUROC {value:.4f}"
+                f"{' (best so far, saved)' if improved else f' (best {best:.4f})' if best else ''}",
+                flush=True,
+            )
+            now = time.monotonic()
+            epoch_seconds = now - state.get("_epoch_start", started)
+            state["_epoch_start"] = now
+            budget = config.time_budget_min
+            if budget is not None and entry["elapsed_s"] + epoch_seconds > budget * 60.0:
+                print(f"stopping: another epoch (~{epoch_seconds:.0f} s) would exceed the {budget:g} min budget",
+                      flush=True)
+                self.model.stop_training = True
+
+    return ValidationCheckpoint()
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, then write the bundle (see `finalise`). Returns the card as a dict."""
+    import keras
+    import tensorflow as tf
+
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    table = read_labels(config.labels_path)
+    split = make_split(config, table)
+    subsets = {name: table.subset(split.names(name)) for name in SPLIT_NAMES}
+    for name in ("train", "validation"):
+        if len(subsets[name]) == 0:
+            raise TrainingError(f"the {name} split is empty; give more patients or other split lists")
+    directory = config.checkpoints
+    directory.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "history": [], "best_auroc": None, "best_epoch": None, "epochs_done": 0, "config": _config_dict(config)
+    }
+    if config.resume:
+        state_path = directory / STATE_FILE
+        if not state_path.is_file():
+            raise TrainingError(f"--resume: no checkpoint in {directory} (missing {STATE_FILE})")
+        state = json.loads(state_path.read_text())
+        state["elapsed_before_s"] = state["history"][-1]["elapsed_s"] if state["history"] else 0.0
+
+    print(
+        f"data: {len(table)} images of {len(set(table.patients))} patients; split "
+        + ", ".join(f"{n} {len(subsets[n])}" for n in SPLIT_NAMES),
+        flush=True,
+    )
+    train_x = load_arrays(config.images_dir, subsets["train"].images, config.image_size,
+                          progress=config.progress, description="train")
+    val_x = load_arrays(config.images_dir, subsets["validation"].images, config.image_size,
+                        progress=config.progress, description="validation")
+    train_y = subsets["train"].targets
+    val_y = subsets["validation"].targets
+
+    model, initial = build_initial_model(config.image_size, config.weights)
+    from_scratch = config.weights == "none"
+    trainable_layers = set_trainable(model, None if from_scratch else config.fine_tune_layers)
+    fit_model = probabilities_model(model)
+    pos_weight = positive_weights(train_y)
+    fit_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=weighted_bce_loss(pos_weight),
+        jit_compile=False,
+    )
+    initial_epoch = 0
+    if config.resume:
+        model.load_weights(directory / LAST_WEIGHTS)
+        _load_optimizer(fit_model.optimizer, fit_model, directory / LAST_OPTIMIZER)
+        initial_epoch = int(state["epochs_done"])
+        print(f"resuming after epoch {initial_epoch} from {directory}", flush=True)
+
+    augmentation = Augmentation() if config.augment else None
+    dataset = train_dataset(train_x, train_y, config.batch_size, augmentation, seed=config.seed)
+    callback = _checkpoint_callback(config, model, val_x, val_y, state, started)
+    fit_started = time.monotonic()
+    state["_epoch_start"] = fit_started
+    if initial_epoch < config.epochs:
+        fit_model.fit(
+            dataset,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=[callback],
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=1 if (config.progress and sys.stdout.isatty()) else 2,
+        )
+    fit_seconds = time.monotonic() - fit_started
+    del train_x
+    if state["best_epoch"] is None:
+        raise TrainingError("no epoch had a defined validation AUROC; the validation split needs positives")
+    model.load_weights(directory / BEST_WEIGHTS)
+
+    training_info = {
+        "data": {
+            "images": str(config.images_dir),
+            "labels": str(config.labels_path),
+            "n_images": len(table),
+            "n_patients": len(set(table.patients)),
+            "source": "NIH ChestX-ray14 (Wang et al., CVPR 2017; NIH Clinical Center)",
+        },
+        "split": split.as_dict(),
+        "split_sizes": {
+            name: {"images": len(subsets[name]), "patients": len(set(subsets[name].patients)),
+                   "positives": subsets[name].positives()}
+            for name in SPLIT_NAMES
+        },
+        "initial_weights": initial,
+        "trainable_layers": "all" if from_scratch or config.fine_tune_layers is None
+        else f"last {trainable_layers} layers with weights",
+        "input_size": config.image_size,
+        "epochs_run": int(state["epochs_done"]),
+        "epochs_requested": config.epochs,
+        "best_epoch": state["best_epoch"],
+        "best_validation_mean_auroc": round(state["best_auroc"], 4),
+        "selection": "weights of the epoch with the best validation mean AUROC",
+        "batch_size": config.batch_size,
+        "optimizer": f"Adam lr {config.learning_rate:g}",
+        "loss": "binary cross-entropy, positives weighted per finding by negatives/positives in train",
+        "pos_weight": {label: round(float(w), 3) for label, w in zip(FINDINGS, pos_weight, strict=True)},
+        "augmentation": augmentation.as_dict() if augmentation else None,
+        "seed": config.seed,
+        "history": state["history"],
+        "fit_wall_time_s": round(fit_seconds + state.get("elapsed_before_s", 0.0), 1),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared)",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "date": datetime.now(UTC).date().isoformat(),
+    }
+    return finalise(model, config, subsets, training_info)
+
+
+def finalise(
+    model: keras.Model, config: TrainConfig, subsets: dict[str, LabelTable], training_info: dict[str, Any]
+) -> dict[str, Any]:
+    """Save the bundle, reload it exactly as the service does, predict validation and test, choose
+    thresholds on validation only, and write them with the metrics into card.json (the weights,
+    hence the version, are the same in both saves)."""
+    from shared.classifier import Classifier, save_bundle
+    from training.evaluate import Evaluation, calibrate_and_evaluate, predict
+    from training.report import write_report
+
+    name = config.name or config.out_dir.name
+    fields: dict[str, Any] = {
+        "name": name,
+        "trained": True,
+        "intended_use": RESEARCH_USE,
+        "training": training_info,
+        "note": "research demo, not for clinical use",
+    }
+    first = save_bundle(model, config.out_dir, thresholds=dict.fromkeys(FINDINGS, 0.5), metrics={}, **fields)
+    classifier = Classifier.load(config.out_dir)
+    validation = predict(classifier, config.images_dir, subsets["validation"], progress=config.progress,
+                         description="validation")
+    test = predict(classifier, config.images_dir, subsets["test"], progress=config.progress, description="test")
+    thresholds, metrics = calibrate_and_evaluate(validation, test if len(subsets["test"]) else None)
+    card = save_bundle(model, config.out_dir, thresholds=thresholds, metrics=metrics, **fields)
+    if card.version != first.version:
+        raise TrainingError("the weights changed between saves; the bundle is inconsistent")
+    if "test" in metrics:
+        write_report(card, Evaluation("test", metrics["test"], test), config.out_dir)
+    return asdict(card)
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
