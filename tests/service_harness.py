@@ -34,13 +34,14 @@ def service_env(settings: Settings, redis_url: str, model_dir: Path) -> dict[str
 
 
 def delete_queue_keys(redis_url: str, queue_name: str) -> None:
-    """Remove the keys of this test's queue (and kombu's bindings for it); nothing else."""
+    """Remove the keys of this test's queue (its list, kombu's bindings and heartbeats); nothing else."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"{queue_name}*"))
-    keys += [k for k in client.scan_iter(match="_kombu.binding.*") if queue_name.encode() in k]
-    for key in client.scan_iter(match="_kombu.binding.*"):
+    # kombu keeps exchange bindings in `_kombu.binding.<exchange>` / `_kombu.binding_permanent.<queue>`.
+    keys += [k for k in client.scan_iter(match="_kombu.binding*") if queue_name.encode() in k]
+    for key in client.scan_iter(match="_kombu.binding*"):
         for member in client.smembers(key):
             if queue_name.encode() in member:
                 client.srem(key, member)
