@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -51,6 +52,13 @@ class Study(Base):
         Index("ix_studies_worklist", "status", "due_at"),
         Index("ix_studies_batch_status", "batch_id", "status"),
         Index("ix_studies_status_updated", "status", "updated_at"),
+        # Added in migration 0002: the open worklist (done, not reviewed) in due order, keyset-paged;
+        # reviewed studies by due time; uploads by date.
+        Index("ix_studies_open_due", "due_at", "id",
+              sqlite_where=text("status = 'done' AND reviewed_at IS NULL"),
+              postgresql_where=text("status = 'done' AND reviewed_at IS NULL")),
+        Index("ix_studies_status_due_id", "status", "due_at", "id"),
+        Index("ix_studies_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -93,6 +101,9 @@ class Study(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a clinician reviews the study (migration 0002); the Review rows keep the audit trail.
+    # The status stays `done`: a reviewed study leaves the open worklist by this column.
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     batch: Mapped[Batch] = relationship(back_populates="studies")
     findings: Mapped[list[Finding]] = relationship(
@@ -102,7 +113,11 @@ class Study(Base):
 
 class Finding(Base):
     __tablename__ = "findings"
-    __table_args__ = (UniqueConstraint("study_id", "label", name="uq_findings_study_label"),)
+    __table_args__ = (
+        UniqueConstraint("study_id", "label", name="uq_findings_study_label"),
+        # Added in migration 0002: the worklist filter "finding X above threshold".
+        Index("ix_findings_label_positive", "label", "positive", "study_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False)
@@ -117,3 +132,20 @@ class Finding(Base):
     box_h: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="findings")
+
+
+class Review(Base):
+    """A clinician's review of a done study (migration 0002): kept for audit, never updated.
+
+    `reviewer` is free text (None) until accounts exist; `verdicts` maps a finding label to
+    "agree" or "disagree" for the findings the clinician judged.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True, nullable=False)
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    verdicts: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +48,8 @@ class Upload:
 
     filename: str | None
     stream: BinaryIO
+    # True when `filename` is already a cleaned display path (zip entries: "scans.zip/ward/a.png").
+    display_safe: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class AcceptedStudy:
     filename: str
     status: str
     enqueued: bool
+    # The same bytes (sha256) were submitted before: this is that study, nothing new was queued.
+    duplicate: bool = False
+    batch_id: int | None = None
 
 
 @dataclass
@@ -125,8 +131,17 @@ def _study_row(name: str, data: bytes, relpath: str, info: ImageInfo) -> Study:
     return study
 
 
+def _existing_study(session: Session, sha256: str) -> Study | None:
+    """The latest study of these exact bytes that has (or will have) a result: failed ones do not count,
+    so a failed image sent again is diagnosed again."""
+    return session.scalar(
+        select(Study).where(Study.sha256 == sha256, Study.status != StudyStatus.FAILED.value)
+        .order_by(Study.id.desc()).limit(1)
+    )
+
+
 def ingest(
-    uploads: Iterable[Upload],
+    uploads: Iterable[Upload | Rejection],
     *,
     session_factory: sessionmaker[Session],
     storage: Storage,
@@ -134,41 +149,98 @@ def ingest(
     enqueue: Callable[[int], None],
     batch_id: int | None = None,
     label: str | None = None,
+    rerun: bool = False,
 ) -> IntakeResult:
     """Validate and store each upload, commit the accepted studies in one transaction, then enqueue.
 
     Raises IntakeError when storage or the database fails: then no row is committed and nothing is
     enqueued (originals already written are complete content-addressed files a retry reuses).
     When `batch_id` is given the studies join that batch; the caller checks it exists.
+    Unless `rerun`, a file whose sha256 matches an earlier (not failed) study, or an earlier file of
+    this same upload, is answered with that study (`duplicate`) and not stored or queued again.
+    Items that are already `Rejection`s (refused zip entries) are passed through to the result.
     """
     pending: list[Study] = []
+    slots: list[_Slot] = []
+    seen: dict[str, int] = {}  # sha256 -> index in pending (duplicates inside this upload)
     result = IntakeResult(batch_id=batch_id)
-    for upload in uploads:
-        name = sanitise_filename(upload.filename)
-        data = _read_capped(upload.stream, limits.max_bytes)
-        if data is None:
-            result.rejected.append(Rejection(
-                name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image."))
-            continue
-        try:
-            info = inspect_image(data, limits)
-        except InvalidImage as exc:
-            result.rejected.append(Rejection(name, str(exc)))
-            continue
-        except Exception:  # a bug reading one file must not fail the others
-            log.exception("inspecting upload %r failed", name)
-            result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
-            continue
-        try:
-            relpath = storage.put_original(data, EXTENSIONS[info.format])
-        except StorageError as exc:
-            log.error("storing upload %r failed: %s", name, exc, exc_info=True)
-            raise _storage_failure(exc) from exc
-        pending.append(_study_row(name, data, relpath, info))
+    lookup = session_factory()
+    try:
+        for upload in uploads:
+            if isinstance(upload, Rejection):
+                result.rejected.append(upload)
+                continue
+            slot = _take(upload, lookup, storage, limits, rerun, pending, seen, result)
+            if slot is not None:
+                slots.append(slot)
+    except SQLAlchemyError as exc:
+        log.exception("looking up earlier studies failed")
+        raise IntakeError(500, "The server could not read its database; nothing was queued. Please retry.") from exc
+    finally:
+        lookup.close()
+    if pending:
+        _commit(pending, result, session_factory, batch_id, label)
+    enqueued = _enqueue(pending, result, enqueue)
+    for slot in slots:
+        if slot.earlier is not None:
+            study_id, status, earlier_batch = slot.earlier
+            result.accepted.append(AcceptedStudy(study_id, slot.name, status, False, True, earlier_batch))
+        else:
+            assert slot.pending_index is not None
+            study = pending[slot.pending_index]
+            result.accepted.append(AcceptedStudy(
+                study.id, slot.name, study.status, enqueued[slot.pending_index] and not slot.duplicate,
+                slot.duplicate, result.batch_id))
+    return result
 
-    if not pending:
-        return result
 
+@dataclass(frozen=True)
+class _Slot:
+    """One accepted file, in upload order: a new study (pending_index), or a duplicate of one."""
+
+    name: str
+    pending_index: int | None = None
+    duplicate: bool = False
+    earlier: tuple[int, str, int] | None = None  # (study id, status, batch id) of an earlier upload
+
+
+def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits, rerun: bool,
+          pending: list[Study], seen: dict[str, int], result: IntakeResult) -> _Slot | None:
+    """Validate one upload: a new pending Study, a duplicate, or a rejection (None)."""
+    name = (upload.filename or "unnamed") if upload.display_safe else sanitise_filename(upload.filename)
+    data = _read_capped(upload.stream, limits.max_bytes)
+    if data is None:
+        result.rejected.append(Rejection(
+            name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image."))
+        return None
+    try:
+        info = inspect_image(data, limits)
+    except InvalidImage as exc:
+        result.rejected.append(Rejection(name, str(exc)))
+        return None
+    except Exception:  # a bug reading one file must not fail the others
+        log.exception("inspecting upload %r failed", name)
+        result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if not rerun:
+        if digest in seen:
+            return _Slot(name, pending_index=seen[digest], duplicate=True)
+        earlier = _existing_study(lookup, digest)
+        if earlier is not None:
+            return _Slot(name, earlier=(earlier.id, earlier.status, earlier.batch_id))
+    try:
+        relpath = storage.put_original(data, EXTENSIONS[info.format])
+    except StorageError as exc:
+        log.error("storing upload %r failed: %s", name, exc, exc_info=True)
+        raise _storage_failure(exc) from exc
+    seen.setdefault(digest, len(pending))
+    pending.append(_study_row(name, data, relpath, info))
+    return _Slot(name, pending_index=len(pending) - 1)
+
+
+def _commit(pending: list[Study], result: IntakeResult, session_factory: sessionmaker[Session],
+            batch_id: int | None, label: str | None) -> None:
     try:
         with session_scope(session_factory) as session:
             batch = session.get(Batch, batch_id) if batch_id is not None else None
@@ -184,8 +256,11 @@ def ingest(
         log.exception("committing %d studies failed", len(pending))
         raise IntakeError(500, "The server could not save the studies; nothing was queued. Please retry.") from exc
 
-    # Only now, with every row committed, tell the workers. If the broker fails, the studies stay
-    # `queued` in the database and the reconciler sends them later: stop trying on the first error.
+
+def _enqueue(pending: list[Study], result: IntakeResult, enqueue: Callable[[int], None]) -> list[bool]:
+    """Only now, with every row committed, tell the workers. If the broker fails, the studies stay
+    `queued` in the database and the reconciler sends them later: stop trying on the first error."""
+    sent: list[bool] = []
     failed = False
     for study in pending:
         enqueued = False
@@ -200,5 +275,5 @@ def ingest(
                     "The studies were saved but could not all be sent to the workers now; "
                     "they stay queued and will be sent automatically."
                 )
-        result.accepted.append(AcceptedStudy(study.id, study.original_filename, study.status, enqueued))
-    return result
+        sent.append(enqueued)
+    return sent

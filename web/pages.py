@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template
 
+from shared.findings import DISPLAY_NAMES, FINDINGS
+from shared.models import Batch
 from web.context import db_session
 from web.queries import study_with_findings
+from web.review import reviews_of
 from web.serializers import study_detail
+from web.worklist import VIEWS
 
 bp = Blueprint("pages", __name__)
 
@@ -25,7 +29,15 @@ def upload() -> str:
 
 @bp.get("/worklist")
 def worklist() -> str:
-    return render_template("worklist.html")
+    return render_template("worklist.html", views=VIEWS, findings=[(f, DISPLAY_NAMES[f]) for f in FINDINGS])
+
+
+@bp.get("/batches/<int:batch_id>")
+def batch(batch_id: int) -> str:
+    found = db_session().get(Batch, batch_id)
+    if found is None:
+        abort(404, description=f"Batch {batch_id} does not exist.")
+    return render_template("batch.html", batch_id=batch_id, label=found.label)
 
 
 @bp.get("/studies/<int:study_id>")
@@ -33,4 +45,5 @@ def study(study_id: int) -> str:
     found = study_with_findings(db_session(), study_id)
     if found is None:
         abort(404, description=f"Study {study_id} does not exist.")
-    return render_template("study.html", study=study_detail(found))
+    reviews = reviews_of(db_session(), study_id)
+    return render_template("study.html", study=study_detail(found), reviews=reviews)

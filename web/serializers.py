@@ -68,6 +68,12 @@ def study_summary(study: Study) -> dict[str, Any]:
         "filename": study.original_filename,
         "status": study.status,
         "error": study.error,
+        "format": study.format,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "reviewed_at": iso(study.reviewed_at),
         "url": url_for("api.get_study", study_id=study.id),
         "page_url": url_for("pages.study", study_id=study.id),
     }
@@ -107,6 +113,8 @@ def batch_detail(batch: Batch, counts: dict[str, int], studies: list[Study]) -> 
         "counts": {**full_counts, "total": total},
         "complete": full_counts["queued"] + full_counts["processing"] == 0,
         "url": url_for("api.get_batch", batch_id=batch.id),
+        "csv_url": url_for("api.export_batch", batch_id=batch.id),
+        "page_url": url_for("pages.batch", batch_id=batch.id),
         "studies": [study_summary(s) for s in studies],
     }
 
@@ -115,11 +123,15 @@ def worklist_item(study: Study, positives: list[Finding]) -> dict[str, Any]:
     positives = sorted(positives, key=lambda f: -f.probability)
     return {
         "id": study.id,
+        "batch_id": study.batch_id,
+        "status": study.status,
+        "reviewed_at": iso(study.reviewed_at),
         "filename": study.original_filename,
         "patient_id": study.patient_id,
         "patient_name": study.patient_name,
         "accession_number": study.accession_number,
         "study_date": study.study_date,
+        "study_instance_uid": study.study_instance_uid,
         "urgency": study.urgency,
         "due_at": iso(study.due_at),
         "finished_at": iso(study.finished_at),

@@ -77,3 +77,88 @@
     }, POLL_MS);
   }
 })();
+
+// Pan and zoom: the wheel zooms around the pointer, dragging pans, "Reset view" restores. The image,
+// heatmap and box share one transformed stage, so overlays stay registered at every zoom.
+(function () {
+  const viewer = document.getElementById("viewer");
+  const stage = document.getElementById("stage");
+  const level = document.getElementById("zoom-level");
+  const reset = document.getElementById("zoom-reset");
+  if (!viewer || !stage) return;
+  const MIN = 1, MAX = 16;
+  let scale = 1, x = 0, y = 0, drag = null;
+
+  function clamp() {
+    const w = viewer.clientWidth, h = viewer.clientHeight;
+    x = Math.min(0, Math.max(w - w * scale, x));
+    y = Math.min(0, Math.max(h - h * scale, y));
+  }
+  function apply() {
+    clamp();
+    stage.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
+    level.textContent = `${Math.round(scale * 100)}%`;
+    viewer.classList.toggle("zoomed", scale > 1);
+  }
+  viewer.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    const rect = viewer.getBoundingClientRect();
+    const px = event.clientX - rect.left, py = event.clientY - rect.top;
+    const next = Math.min(MAX, Math.max(MIN, scale * Math.exp(-event.deltaY * 0.0015)));
+    x = px - (px - x) * (next / scale);
+    y = py - (py - y) * (next / scale);
+    scale = next;
+    apply();
+  }, { passive: false });
+  viewer.addEventListener("pointerdown", (event) => {
+    drag = { px: event.clientX, py: event.clientY, x, y };
+    viewer.setPointerCapture(event.pointerId);
+    viewer.classList.add("dragging");
+  });
+  viewer.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    x = drag.x + event.clientX - drag.px;
+    y = drag.y + event.clientY - drag.py;
+    apply();
+  });
+  const end = () => { drag = null; viewer.classList.remove("dragging"); };
+  viewer.addEventListener("pointerup", end);
+  viewer.addEventListener("pointercancel", end);
+  reset.addEventListener("click", () => { scale = 1; x = 0; y = 0; apply(); });
+  apply();
+})();
+
+// Review: post the form as JSON; on success the study is off the worklist.
+(function () {
+  const form = document.getElementById("review-form");
+  if (!form) return;
+  const message = document.getElementById("review-message");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const verdicts = {};
+    const body = { verdicts, reviewer: null, note: null };
+    for (const [key, value] of data.entries()) {
+      if (key.startsWith("verdict_")) verdicts[key.slice(8)] = value;
+      else if ((key === "reviewer" || key === "note") && String(value).trim()) body[key] = String(value);
+    }
+    const button = document.getElementById("review-submit");
+    button.disabled = true;
+    try {
+      const response = await fetch(form.dataset.url, {
+        method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(body),
+      });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+      message.className = "message ok";
+      message.textContent = "Reviewed: this study is off the worklist.";
+      button.textContent = "Add another review";
+    } catch (err) {
+      message.className = "message error";
+      message.textContent = `The review was not saved: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();

@@ -21,11 +21,14 @@
   let polling = null;
   let sending = false;
 
-  function isHidden(name) { return name.startsWith("."); }
+  function isHidden(file) {
+    const path = file.webkitRelativePath || file.fullPath || file.name;
+    return path.split("/").some((part) => part.startsWith(".") || part === "__MACOSX");
+  }
 
   function addFiles(list) {
     for (const file of list) {
-      if (!isHidden(file.name)) files.push(file);
+      if (!isHidden(file)) files.push(file);
     }
     renderSelection();
   }
@@ -53,7 +56,7 @@
   }
 
   async function walk(entry, out) {
-    if (isHidden(entry.name)) return;
+    if (entry.name.startsWith(".") || entry.name === "__MACOSX") return;
     if (entry.isFile) {
       out.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
     } else if (entry.isDirectory) {
@@ -112,6 +115,7 @@
     const body = new FormData();
     for (const file of chunk) body.append("files", file, file.name);
     if (labelInput.value.trim()) body.append("label", labelInput.value.trim());
+    if (el("rerun").checked) body.append("rerun", "1");
     const url = batchId === null ? form.dataset.createUrl : `${form.dataset.batchUrlPrefix}${batchId}/files`;
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
@@ -122,6 +126,77 @@
       xhr.addEventListener("error", () => resolve({ status: 0, body: { error: "The connection to the server failed." } }));
       xhr.send(body);
     });
+  }
+
+  // One row per file with its own upload progress (from the XHR's loaded bytes: the files of a
+  // chunk are sent in order) and, once the server answered, what became of it.
+  function fileRows(list) {
+    const body = el("file-rows");
+    body.textContent = "";
+    return list.map((file) => {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.textContent = file.webkitRelativePath || file.name;
+      const meter = document.createElement("progress");
+      meter.max = Math.max(file.size, 1);
+      meter.value = 0;
+      const meterCell = document.createElement("td");
+      meterCell.appendChild(meter);
+      const state = document.createElement("td");
+      state.textContent = "waiting";
+      state.className = "file-state";
+      tr.append(name, meterCell, state);
+      body.appendChild(tr);
+      return { file, meter, state };
+    });
+  }
+
+  function showFileProgress(rows, loaded) {
+    let before = 0;
+    for (const row of rows) {
+      row.meter.value = Math.max(0, Math.min(row.file.size, loaded - before));
+      if (row.meter.value > 0 && row.state.textContent === "waiting") row.state.textContent = "sending";
+      before += row.file.size;
+    }
+  }
+
+  function showFileResults(rows, body, ok) {
+    const accepted = (body.accepted || []).slice();
+    const rejected = (body.rejected || []).slice();
+    const take = (list, name) => {
+      const i = list.findIndex((item) => item.filename === name);
+      return i < 0 ? null : list.splice(i, 1)[0];
+    };
+    for (const row of rows) {
+      row.meter.value = row.file.size;
+      if (!ok) { row.state.textContent = "not sent"; row.state.className = "file-state message error"; continue; }
+      if (/\.zip$/i.test(row.file.name)) {
+        const prefix = `${row.file.name}/`;
+        const a = accepted.filter((item) => item.filename.startsWith(prefix)).length;
+        const r = rejected.filter((item) => item.filename.startsWith(prefix) || item.filename === row.file.name).length;
+        row.state.textContent = `unpacked: ${a} accepted, ${r} refused`;
+        continue;
+      }
+      const a = take(accepted, row.file.name);
+      const r = a ? null : take(rejected, row.file.name);
+      if (a) row.state.textContent = a.duplicate ? `already submitted: study ${a.id}` : `accepted: study ${a.id}`;
+      else if (r) { row.state.textContent = `refused: ${r.reason}`; row.state.className = "file-state message error"; }
+      else row.state.textContent = "sent";
+    }
+  }
+
+  function addDuplicates(list) {
+    const dups = (list || []).filter((a) => a.duplicate);
+    if (dups.length === 0) return;
+    el("duplicates-block").hidden = false;
+    for (const d of dups) {
+      const li = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `/studies/${d.id}`;
+      link.textContent = `study ${d.id}`;
+      li.append(`${d.filename}: `, link, ` (${d.status})`);
+      el("duplicates").appendChild(li);
+    }
   }
 
   function addRejected(list) {
@@ -149,6 +224,8 @@
 
   function renderBatch(batch) {
     el("batch-id").textContent = batch.id;
+    el("batch-link").href = batch.page_url;
+    el("batch-link").hidden = false;
     const c = batch.counts;
     el("done-progress").max = Math.max(c.total, 1);
     el("done-progress").value = c.done + c.failed;
@@ -211,6 +288,8 @@
     el("rejected").textContent = "";
     el("rejected-block").hidden = true;
     el("studies").textContent = "";
+    el("duplicates").textContent = "";
+    el("duplicates-block").hidden = true;
     message("", "");
     const todo = files;
     files = [];
@@ -219,9 +298,14 @@
     el("send-progress").max = Math.max(total, 1);
     let accepted = 0;
     let failedChunks = 0;
+    const rows = fileRows(todo);
+    let index = 0;
     for (const chunk of chunks(todo)) {
+      const chunkRows = rows.slice(index, index + chunk.length);
+      index += chunk.length;
       const chunkBytes = chunk.reduce((sum, f) => sum + f.size, 0);
       const result = await send(chunk, (loaded) => {
+        showFileProgress(chunkRows, loaded);
         el("send-progress").value = sent + Math.min(loaded, chunkBytes);
         el("send-text").textContent = `${((sent + loaded) / 1048576).toFixed(1)} of ${(total / 1048576).toFixed(1)} MiB`;
       });
@@ -230,8 +314,10 @@
       const body = result.body;
       if (body.batch_id !== undefined && body.batch_id !== null) batchId = body.batch_id;
       addRejected(body.rejected);
+      addDuplicates(body.accepted);
+      showFileResults(chunkRows, body, result.status === 200 || result.status === 201 || result.status === 422);
       accepted += (body.accepted || []).length;
-      if (result.status !== 201 && result.status !== 422) {
+      if (result.status !== 200 && result.status !== 201 && result.status !== 422) {
         failedChunks += 1;
         const names = chunk.map((f) => f.name).join(", ");
         message(`${body.error || `The server answered ${result.status}.`} Not sent: ${names}`, "error");
@@ -243,7 +329,9 @@
     sending = false;
     renderSelection();
     el("send-text").textContent = `${accepted} accepted`;
-    if (batchId === null && failedChunks === 0) message("No file was accepted.", "error");
+    if (batchId === null && failedChunks === 0) {
+      message(accepted ? "Every file was already submitted: see the existing studies above." : "No file was accepted.", accepted ? "" : "error");
+    }
     if (batchId !== null) poll();
   });
 

@@ -1,4 +1,5 @@
-// Worklist: completed studies, most urgent first; refreshed by polling, without reloading the page.
+// Worklist: completed studies, most urgent first, with filters; pages by keyset cursor (the server's
+// `next_cursor`; a stack of cursors for "Previous"); refreshed by polling, without reloading the page.
 "use strict";
 (function () {
   const POLL_MS = 5000;
@@ -9,7 +10,18 @@
   const info = document.getElementById("page-info");
   const errorBox = document.getElementById("worklist-error");
   const limit = Number(root.dataset.limit) || 50;
-  let offset = 0;
+  const filters = document.getElementById("filters");
+  const csvLink = document.getElementById("csv-link");
+  let cursors = [null];  // cursors[i]: the `after` of page i (null: first page)
+  let nextCursor = null;
+
+  function query() {
+    const params = new URLSearchParams();
+    for (const [key, value] of new FormData(filters).entries()) {
+      if (String(value).trim()) params.set(key, String(value).trim());
+    }
+    return params;
+  }
 
   function cell(text, className) {
     const td = document.createElement("td");
@@ -28,7 +40,7 @@
     rows.textContent = "";
     if (data.studies.length === 0) {
       const tr = document.createElement("tr");
-      const td = cell("No completed studies yet.", "muted");
+      const td = cell("No studies match.", "muted");
       td.colSpan = 6;
       tr.appendChild(td);
       rows.appendChild(tr);
@@ -65,7 +77,7 @@
         model.classList.add("message", "error");
       }
       tr.append(
-        cell(String(data.offset + i + 1)),
+        cell(String((cursors.length - 1) * limit + i + 1)),
         who,
         findings,
         cell(s.urgency === null ? "—" : s.urgency.toFixed(2)),
@@ -74,16 +86,21 @@
       );
       rows.appendChild(tr);
     });
-    const last = Math.min(data.offset + data.studies.length, data.total);
-    info.textContent = data.total ? `${data.offset + 1}–${last} of ${data.total}` : "";
-    prev.disabled = data.offset === 0;
-    next.disabled = data.offset + data.limit >= data.total;
+    const first = (cursors.length - 1) * limit;
+    info.textContent = data.total ? `${first + 1}–${first + data.studies.length} of ${data.total}` : "";
+    nextCursor = data.next_cursor;
+    prev.disabled = cursors.length === 1;
+    next.disabled = !nextCursor;
   }
 
   async function load() {
     try {
-      const response = await fetch(`${root.dataset.url}?limit=${limit}&offset=${offset}`,
-        { headers: { Accept: "application/json" } });
+      const params = query();
+      csvLink.href = `${root.dataset.csvUrl}?${params}`;
+      params.set("limit", String(limit));
+      const after = cursors[cursors.length - 1];
+      if (after) params.set("after", after);
+      const response = await fetch(`${root.dataset.url}?${params}`, { headers: { Accept: "application/json" } });
       const data = await response.json();
       if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
       errorBox.textContent = "";
@@ -93,8 +110,13 @@
     }
   }
 
-  prev.addEventListener("click", () => { offset = Math.max(0, offset - limit); load(); });
-  next.addEventListener("click", () => { offset += limit; load(); });
+  prev.addEventListener("click", () => { if (cursors.length > 1) cursors.pop(); load(); });
+  next.addEventListener("click", () => { if (nextCursor) { cursors.push(nextCursor); load(); } });
+  let typing = null;
+  const restart = () => { cursors = [null]; load(); };
+  filters.addEventListener("change", restart);
+  filters.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(restart, 300); });
+  filters.addEventListener("submit", (event) => { event.preventDefault(); restart(); });
   load();
   setInterval(() => { if (!document.hidden) load(); }, POLL_MS);
 })();

@@ -1,0 +1,66 @@
+"""CSV exports (worklist with its filters, one batch) that spreadsheet programs cannot turn into
+formulas, and a study's result as a JSON attachment."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from shared.findings import FINDINGS
+from shared.models import Finding, Study
+from web.serializers import iso
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+COLUMNS = (
+    "study_id", "batch_id", "status", "reviewed_at", "filename", "patient_id", "patient_name",
+    "accession_number", "study_instance_uid", "study_date", "urgency", "due_at", "finished_at",
+    "model_version", "model_trained", "positive_findings", "error",
+    *(f"p_{label}" for label in FINDINGS),
+)
+
+
+def safe_cell(value: Any) -> str | int | float:
+    """Numbers as they are; text starting with = + - @ (or a tab/CR) gets a leading apostrophe, so a
+    spreadsheet shows it as text instead of running it as a formula (OWASP CSV injection)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def study_row(study: Study, findings: list[Finding]) -> list[Any]:
+    by_label = {f.label: f for f in findings}
+    positives = sorted((f for f in findings if f.positive), key=lambda f: -f.probability)
+    values: list[Any] = [
+        study.id, study.batch_id, study.status, iso(study.reviewed_at), study.original_filename, study.patient_id,
+        study.patient_name, study.accession_number, study.study_instance_uid, study.study_date,
+        None if study.urgency is None else round(study.urgency, 4), iso(study.due_at), iso(study.finished_at),
+        study.model_version, study.model_trained,
+        "; ".join(f"{f.label} {f.probability:.3f}" for f in positives), study.error,
+        *(round(by_label[label].probability, 4) if label in by_label else None for label in FINDINGS),
+    ]
+    return [safe_cell(v) for v in values]
+
+
+def csv_lines(rows: Iterable[tuple[Study, list[Finding]]]) -> Iterator[str]:
+    """The header, then one CSV line per study (streamed: the export never holds all rows)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(COLUMNS)
+    yield flush()
+    for study, findings in rows:
+        writer.writerow(study_row(study, findings))
+        yield flush()
