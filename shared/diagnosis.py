@@ -17,6 +17,7 @@ from shared.gradcam import Box, box_from_cam, class_activation_maps
 if TYPE_CHECKING:
     from shared.classifier import Classifier
     from shared.images import XRayImage
+    from shared.runtime import Predictor
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,12 @@ def _ms_since(start: float) -> float:
 
 
 class Diagnoser:
-    """Runs a loaded Classifier on images: one batched forward pass, then CAMs and boxes."""
+    """Runs a loaded Classifier on images: one batched forward pass, then CAMs and boxes.
 
-    def __init__(self, classifier: Classifier) -> None:
+    `classifier` may be any `shared.runtime.Predictor` (TensorFlow or OpenVINO): only its
+    preprocess/predict, thresholds, labels, version and dense kernel are used."""
+
+    def __init__(self, classifier: Classifier | Predictor) -> None:
         self.classifier = classifier
         self._thresholds = classifier.thresholds
         self._labels = classifier.labels
