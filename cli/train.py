@@ -43,9 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fine-tune-layers", type=_positive_int, default=None,
                         help="train only the last N layers with weights (default: all; ignored from scratch)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--max-pos-weight", type=float, default=None,
+                        help="cap each finding's positive weight (negatives/positives in train; default no cap)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="where checkpoints go (default var/checkpoints/NAME)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep preprocessed images in memory-mapped files here instead of in memory "
+                        "(needed for the full data set: about 0.6 MB per image at 224)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                         help="stop after the epoch that would otherwise overrun this many minutes")
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir or project_root / "var" / "checkpoints" / args.out.name,
         resume=args.resume,
         time_budget_min=args.time_budget,
+        cache_dir=args.cache_dir,
+        max_pos_weight=args.max_pos_weight,
         augment=not args.no_augment,
         progress=not args.no_progress,
     )

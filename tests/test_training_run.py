@@ -14,7 +14,7 @@ from shared.classifier import WEIGHTS_FILE, Classifier, file_version
 from shared.findings import FINDINGS
 from training.evaluate import choose_thresholds, compare_metrics, evaluate_bundle, evaluate_classifier, predict
 from training.labels import read_boxes, read_labels
-from training.model import WeightsError, build_initial_model, positive_weights
+from training.model import WeightsError, build_initial_model, positive_weights, set_trainable
 from training.splits import Split, assert_patient_disjoint, split_by_patient
 from training.train import STATE_FILE, TrainConfig, train
 
@@ -147,6 +147,32 @@ def test_resume_continues_from_the_checkpoint(trained: TrainConfig, tmp_path: Pa
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == state["history"][0]
     assert card["training"]["epochs_run"] == 2
+
+
+def test_cli_train_reports_bad_weights_before_decoding(
+    nih64_dir: Path, small_labels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
+
+    code = main([
+        "train", "--images", str(nih64_dir / "images"), "--labels", str(small_labels), "--out",
+        str(tmp_path / "m"), "--weights", str(tmp_path / "absent.h5"), "--checkpoint-dir", str(tmp_path / "c"),
+        "--no-progress",
+    ])
+    assert code == 1
+    assert "--weights" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_fine_tune_layers_freezes_all_but_the_last_n() -> None:
+    model, _ = build_initial_model(SIZE, "none")
+    assert set_trainable(model, 5) == 5
+    weighted = [layer for layer in model.layers if layer.weights]
+    assert [layer.trainable for layer in weighted[-5:]] == [True] * 5
+    assert not any(layer.trainable for layer in weighted[:-5])
+    assert weighted[-1].name == "probabilities"
+    assert set_trainable(model, None) == len(weighted)
+    assert all(layer.trainable for layer in weighted)
 
 
 def test_unusable_weights_are_a_clear_error(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.findings import FINDINGS
-from training.dataset import Augmentation, load_arrays, train_dataset
+from training.dataset import Augmentation, cached_arrays, train_dataset
 from training.labels import LabelTable, read_labels
 from training.metrics import auroc, nanmean
 from training.model import (
@@ -61,6 +61,8 @@ class TrainConfig:
     checkpoint_dir: Path | None = None
     resume: bool = False
     time_budget_min: float | None = None
+    cache_dir: Path | None = None
+    max_pos_weight: float | None = None
     augment: bool = True
     progress: bool = True
     name: str | None = None
@@ -182,23 +184,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state = json.loads(state_path.read_text())
         state["elapsed_before_s"] = state["history"][-1]["elapsed_s"] if state["history"] else 0.0
 
+    # the model (and any weights download) first: a wrong --weights fails before hours of decoding
+    model, initial = build_initial_model(config.image_size, config.weights)
     print(
         f"data: {len(table)} images of {len(set(table.patients))} patients; split "
         + ", ".join(f"{n} {len(subsets[n])}" for n in SPLIT_NAMES),
         flush=True,
     )
-    train_x = load_arrays(config.images_dir, subsets["train"].images, config.image_size,
-                          progress=config.progress, description="train")
-    val_x = load_arrays(config.images_dir, subsets["validation"].images, config.image_size,
-                        progress=config.progress, description="validation")
+    train_x = cached_arrays(config.images_dir, subsets["train"].images, config.image_size, config.cache_dir,
+                            progress=config.progress, description="train")
+    val_x = cached_arrays(config.images_dir, subsets["validation"].images, config.image_size, config.cache_dir,
+                          progress=config.progress, description="validation")
     train_y = subsets["train"].targets
     val_y = subsets["validation"].targets
 
-    model, initial = build_initial_model(config.image_size, config.weights)
     from_scratch = config.weights == "none"
     trainable_layers = set_trainable(model, None if from_scratch else config.fine_tune_layers)
     fit_model = probabilities_model(model)
-    pos_weight = positive_weights(train_y)
+    pos_weight = positive_weights(train_y, cap=config.max_pos_weight)
     fit_model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=weighted_bce_loss(pos_weight),
@@ -256,7 +259,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "selection": "weights of the epoch with the best validation mean AUROC",
         "batch_size": config.batch_size,
         "optimizer": f"Adam lr {config.learning_rate:g}",
-        "loss": "binary cross-entropy, positives weighted per finding by negatives/positives in train",
+        "loss": "binary cross-entropy, positives weighted per finding by negatives/positives in train"
+        + (f" (capped at {config.max_pos_weight:g})" if config.max_pos_weight else ""),
         "pos_weight": {label: round(float(w), 3) for label, w in zip(FINDINGS, pos_weight, strict=True)},
         "augmentation": augmentation.as_dict() if augmentation else None,
         "seed": config.seed,
