@@ -41,7 +41,8 @@ def delete_queue_keys(redis_url: str, queue_name: str) -> None:
     keys = list(client.scan_iter(match=f"{queue_name}*"))
     # kombu keeps exchange bindings in `_kombu.binding.<exchange>` / `_kombu.binding_permanent.<queue>`.
     keys += [k for k in client.scan_iter(match="_kombu.binding*") if queue_name.encode() in k]
-    for key in client.scan_iter(match="_kombu.binding*"):
+    # Only the sets: kombu 5.5+ also keeps a sorted set, `_kombu.binding_deadlines`, under that prefix.
+    for key in client.scan_iter(match="_kombu.binding*", _type="set"):
         for member in client.smembers(key):
             if queue_name.encode() in member:
                 client.srem(key, member)

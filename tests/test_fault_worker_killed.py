@@ -1,0 +1,105 @@
+"""Fault: a worker pool process is killed with SIGKILL in the middle of a batch of 50 studies.
+
+A real `xray worker` (prefork, one pool process) on the real Redis diagnoses 50 distinct kermany-224
+X-rays inserted straight into SQLite. While a study is `processing`, the pool process is killed -9.
+Celery requeues the unacknowledged message (late ack + reject on worker lost), the main process starts
+a new pool process, and the reconciler is the backstop. Every study must end `done` exactly once: 14
+findings rows each (the unique constraint holds), none left queued or processing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.migrate import upgrade
+from shared.queue import enqueue_diagnosis, make_celery
+from shared.storage import Storage
+from tests.service_harness import delete_queue_keys, wait_until, worker_process
+from tests.test_fault_support import (
+    FINISH_TIMEOUT_S,
+    all_finished,
+    assert_done_exactly_once,
+    count_by_status,
+    fault_env,
+    insert_studies,
+    kermany_payloads,
+    log_tail,
+    study_states,
+)
+
+pytestmark = pytest.mark.slow
+
+BATCH = 50
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from shared.classifier import init_bundle
+
+    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
+    init_bundle(directory, input_size=64, seed=4)
+    return directory
+
+
+def _pool_children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, bundle: Path, kermany_dir: Path,
+                                     tmp_path: Path) -> None:
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    storage = Storage(settings.storage_dir)
+    ids = insert_studies(factory, storage, kermany_payloads(kermany_dir, BATCH), "kill -9 test")
+    producer = make_celery(settings, redis_url)
+    log_path = tmp_path / "worker.log"
+
+    def describe() -> str:
+        return f"{count_by_status(factory, ids)}; worker log tail:\n{log_tail(log_path)}"
+
+    try:
+        with worker_process(fault_env(settings, redis_url, bundle), log_path, concurrency=1) as proc:
+            for study_id in ids:
+                enqueue_diagnosis(producer, study_id)
+            # Wait until the pool is well into the batch, then kill its process while a study is in it.
+            wait_until(lambda: count_by_status(factory, ids).get("done", 0) >= 5, FINISH_TIMEOUT_S,
+                       interval_s=0.2, describe=describe)
+            killed: list[int] = []
+            deadline = time.monotonic() + 60
+            while not killed and time.monotonic() < deadline:
+                processing = [i for i, s in study_states(factory, ids).items() if s.status == "processing"]
+                children = _pool_children(proc.pid)
+                if processing and children:
+                    for child in children:
+                        os.kill(child.pid, signal.SIGKILL)
+                        killed.append(child.pid)
+                else:
+                    time.sleep(0.02)
+            assert killed, f"no study was ever seen processing: {describe()}"
+            assert count_by_status(factory, ids).get("done", 0) < BATCH, "the kill came after the batch"
+            # The main process replaces the dead pool process; the batch carries on.
+            wait_until(lambda: all_finished(factory, ids), FINISH_TIMEOUT_S, interval_s=1.0, describe=describe)
+            assert proc.poll() is None, "the worker's main process must survive a pool process's death"
+            new_children = {c.pid for c in _pool_children(proc.pid)}
+            assert new_children and not new_children & set(killed)
+        states = assert_done_exactly_once(factory, ids)
+        # The study the killed process held ran again: some study needed a second attempt.
+        assert max(s.attempts for s in states.values()) >= 2, (
+            f"no study was re-run after the kill: {describe()}")
+        assert "WorkerLostError" in log_path.read_text(errors="replace") or "SIGKILL" in log_path.read_text(
+            errors="replace")
+    finally:
+        delete_queue_keys(redis_url, settings.queue_name)
+        engine.dispose()
