@@ -123,3 +123,12 @@ def test_iobb() -> None:
 def test_nanmean() -> None:
     assert nanmean([0.5, float("nan"), 0.7]) == pytest.approx(0.6)
     assert math.isnan(nanmean([float("nan")]))
+
+
+def test_no_interval_from_a_single_positive() -> None:
+    y = np.array([1] + [0] * 30)
+    scores = np.linspace(0, 1, 31)
+    assert not math.isnan(auroc(y, scores))
+    assert all(math.isnan(v) for v in bootstrap_auroc_ci(y, scores))
+    y[1] = 1
+    assert not any(math.isnan(v) for v in bootstrap_auroc_ci(y, scores))

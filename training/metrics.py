@@ -107,13 +107,16 @@ def bootstrap_auroc_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    min_per_class: int = 2,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUROC over resampled images (fixed seed, so the same
-    inputs give the same interval). Resamples with one class only are skipped; (NaN, NaN) when
-    the AUROC itself is undefined or too few resamples are usable."""
+    inputs give the same interval). Resamples with one class only are skipped. (NaN, NaN) when the
+    AUROC is undefined, when a class has fewer than `min_per_class` images (with one positive the
+    resamples only vary the negatives, and the interval would look falsely narrow), or when too few
+    resamples are usable."""
     y = _binary(y_true)
     s = np.asarray(scores, dtype=np.float64).ravel()
-    if np.isnan(auroc(y, s)):
+    if np.isnan(auroc(y, s)) or min(int(y.sum()), int((~y).sum())) < min_per_class:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     values: list[float] = []

@@ -22,6 +22,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _threshold(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def _ci(pair: list[float | None]) -> str:
     low, high = pair
     return "n/a" if low is None or high is None else f"{low:.2f}-{high:.2f}"
@@ -82,14 +86,15 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
         m = metrics["per_finding"][label]
         lines.append(
             f"| {label} | {m['n_positive']} | {_fmt(m['auroc'])} | {_ci(m['auroc_ci95'])} | "
-            f"{_fmt(m['threshold'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} |"
+            f"{_threshold(m['threshold'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} |"
         )
     boot = metrics["bootstrap"]
     lines += [
         "",
         f"95% CI: percentile bootstrap over images, {boot['resamples']} resamples, seed {boot['seed']}. "
-        "n/a: no positives (or no negatives) in this split, so the value is undefined. With few "
-        "positives the intervals are wide; read them before the point estimates.",
+        "n/a: no positives (or no negatives) in this split, so the value is undefined; no interval "
+        "with a single positive. With few positives the intervals are wide; read them before the "
+        "point estimates.",
     ]
     localisation = metrics.get("localisation")
     if localisation is not None:
@@ -118,3 +123,49 @@ def write_report(card: ModelCard | None, evaluation: Evaluation, directory: str 
     report_path = directory / REPORT_FILE
     report_path.write_text(markdown(card, evaluation.metrics))
     return report_path, roc_path
+
+
+def model_card_markdown(card: ModelCard) -> str:
+    """A human-readable copy of card.json: use, data, split, training, test metrics, limitations."""
+    training = card.training or {}
+    sizes = training.get("split_sizes", {})
+    data = training.get("data", {})
+    lines = [
+        f"# Model card: `{card.name}` (version {card.version})",
+        "",
+        f"**{card.intended_use}**",
+        "",
+        f"- Architecture: {card.architecture}, input {card.input_size}x{card.input_size}, "
+        f"CAM layer `{card.cam_layer}`; trained: {str(card.trained).lower()}; created {card.created}.",
+        f"- Data: {data.get('source', 'n/a')}; {data.get('n_images', 'n/a')} images of "
+        f"{data.get('n_patients', 'n/a')} patients from `{data.get('labels', 'n/a')}`.",
+    ]
+    if sizes:
+        lines.append(
+            "- Split (" + str(training.get("split", {}).get("method", "")) + "): "
+            + "; ".join(f"{name} {v['images']} images / {v['patients']} patients" for name, v in sizes.items())
+            + ". The image names of each split are in card.json."
+        )
+    if training:
+        lines += [
+            f"- Training: initial weights {training.get('initial_weights')}, trainable layers "
+            f"{training.get('trainable_layers')}, {training.get('epochs_run')} of "
+            f"{training.get('epochs_requested')} epochs, batch {training.get('batch_size')}, "
+            f"{training.get('optimizer')}; {training.get('loss')}; best epoch {training.get('best_epoch')} "
+            f"(validation mean AUROC {training.get('best_validation_mean_auroc')}); fit wall time "
+            f"{training.get('fit_wall_time_s')} s on {training.get('machine')}.",
+            f"- Thresholds: {card.metrics.get('thresholds_from', 'n/a')}.",
+        ]
+    test = card.metrics.get("test") if card.metrics else None
+    if test:
+        lines += ["", "## Test metrics", "", markdown(None, test, roc_file=None).split("\n", 2)[2]]
+    lines += [
+        "## Limitations",
+        "",
+        "- NIH labels were mined from radiology reports by NLP; some are wrong, so AUROC against them is "
+        "a noisy measure.",
+        "- Findings with few or no test positives have wide or undefined intervals (n/a).",
+        "- Adults, one hospital (NIH Clinical Center), frontal films; other populations are untested.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -139,8 +139,6 @@ def _checkpoint_callback(
             model.save_weights(directory / LAST_WEIGHTS)
             _save_optimizer(self.model.optimizer, directory / LAST_OPTIMIZER)
             state["epochs_done"] = epoch + 1
-            saved = {k: v for k, v in state.items() if not k.startswith("_")}
-            (directory / STATE_FILE).write_text(json.dumps(saved, indent=2))
             best = state["best_auroc"]
             print(
                 f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation mean AUROC {value:.4f}"
@@ -154,7 +152,10 @@ def _checkpoint_callback(
             if budget is not None and entry["elapsed_s"] + epoch_seconds > budget * 60.0:
                 print(f"stopping: another epoch (~{epoch_seconds:.0f} s) would exceed the {budget:g} min budget",
                       flush=True)
+                state["stopped_by_time_budget"] = budget
                 self.model.stop_training = True
+            saved = {k: v for k, v in state.items() if not k.startswith("_")}
+            (directory / STATE_FILE).write_text(json.dumps(saved, indent=2))
 
     return ValidationCheckpoint()
 
@@ -183,6 +184,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             raise TrainingError(f"--resume: no checkpoint in {directory} (missing {STATE_FILE})")
         state = json.loads(state_path.read_text())
         state["elapsed_before_s"] = state["history"][-1]["elapsed_s"] if state["history"] else 0.0
+        state.pop("stopped_by_time_budget", None)
 
     # the model (and any weights download) first: a wrong --weights fails before hours of decoding
     model, initial = build_initial_model(config.image_size, config.weights)
@@ -254,6 +256,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "input_size": config.image_size,
         "epochs_run": int(state["epochs_done"]),
         "epochs_requested": config.epochs,
+        "time_budget_min": config.time_budget_min,
+        "stopped_by_time_budget": bool(state.get("stopped_by_time_budget")),
         "best_epoch": state["best_epoch"],
         "best_validation_mean_auroc": round(state["best_auroc"], 4),
         "selection": "weights of the epoch with the best validation mean AUROC",
