@@ -78,11 +78,15 @@ def expand_zip(filename: str | None, stream: BinaryIO, max_file_bytes: int,
             return
         budget = limits.max_total_bytes
         for info in infos:
-            raw = info.filename
+            raw = info.orig_filename  # before zipfile cuts it at a NUL
+            name = display_path(archive, raw)
+            if _unsafe(raw):
+                yield Rejection(name, "Refused: the path inside the archive is unsafe "
+                                      "(absolute, contains '..' or a NUL character).")
+                continue
             if info.is_dir() or _skipped(re.split(r"[/\\]", raw)):
                 continue
-            name = display_path(archive, raw)
-            reason = _check_header(info, raw, max_file_bytes, budget, limits)
+            reason = _check_header(info, max_file_bytes, budget, limits)
             if reason is None:
                 data, reason = _read_bounded(zf, info, max_file_bytes)
             if reason is not None:
@@ -96,10 +100,8 @@ def expand_zip(filename: str | None, stream: BinaryIO, max_file_bytes: int,
             yield Upload(name, io.BytesIO(data), display_safe=True)
 
 
-def _check_header(info: zipfile.ZipInfo, raw: str, max_file_bytes: int, budget: int,
+def _check_header(info: zipfile.ZipInfo, max_file_bytes: int, budget: int,
                   limits: ArchiveLimits) -> str | None:
-    if _unsafe(raw):
-        return "Refused: the path inside the archive is unsafe (absolute, contains '..' or a NUL character)."
     if info.flag_bits & 0x1:
         return "The entry is encrypted; upload the images without a password."
     mib = max_file_bytes // MiB
