@@ -1,0 +1,173 @@
+"""Worklist speed at 100,000 studies: fill a SQLite database and the PostgreSQL server (migrated to
+head, so the indexes are the ones production has) and time the first, middle and last page and
+filtered queries through the real API (Flask test client: query, count and JSON included).
+
+    .venv/bin/python -m bench.worklist [--studies 100000] [--postgres URL] [--repeat 5]
+
+The PostgreSQL database is created and dropped by the script (an admin URL, default the test server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, insert, text
+
+from shared.config import load_settings
+from shared.findings import FINDINGS
+from shared.migrate import upgrade
+from shared.models import Batch, Finding, Study
+from shared.triage import triage
+
+DEFAULT_PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+class _F:
+    def __init__(self, label: str, probability: float, threshold: float) -> None:
+        self.label, self.probability, self.threshold = label, probability, threshold
+        self.positive = probability >= threshold
+
+
+def fill(url: str, n: int, seed: int = 0) -> None:
+    """n done studies over 100 batches and ~10 days, 15% with a positive finding, 5% reviewed,
+    2% with DICOM patient data; two finding rows per study (its top finding and one other)."""
+    rng = random.Random(seed)
+    engine = create_engine(url)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(Batch), [{"id": i + 1, "created_at": start, "label": f"batch {i + 1}"} for i in range(100)])
+        studies: list[dict[str, Any]] = []
+        findings: list[dict[str, Any]] = []
+        for i in range(1, n + 1):
+            finished = start + timedelta(seconds=i * 8.64)
+            label = rng.choice(FINDINGS)
+            positive = rng.random() < 0.15
+            top = _F(label, rng.uniform(0.5, 1.0) if positive else rng.uniform(0.0, 0.49), 0.5)
+            other = _F(rng.choice(FINDINGS), rng.uniform(0.0, 0.3), 0.5)
+            if other.label == top.label:
+                other = _F(FINDINGS[(FINDINGS.index(label) + 1) % len(FINDINGS)], other.probability, 0.5)
+            t = triage([top, other], finished, 240.0)
+            dicom = rng.random() < 0.02
+            studies.append({
+                "id": i, "batch_id": 1 + i % 100, "status": "done", "original_filename": f"img_{i:06d}.png",
+                "sha256": uuid.uuid4().hex * 2, "stored_path": "originals/00/x.png",
+                "format": "dicom" if dicom else "png", "size_bytes": 1, "attempts": 1,
+                "patient_id": f"P{i:06d}" if dicom else None, "patient_name": f"DOE^PATIENT{i}" if dicom else None,
+                "accession_number": f"ACC{i:07d}" if dicom else None, "model_version": "bench",
+                "model_trained": i % 3 != 0, "urgency": t.urgency, "due_at": t.due_at,
+                "created_at": finished - timedelta(seconds=30), "updated_at": finished, "finished_at": finished,
+                "reviewed_at": finished + timedelta(hours=1) if rng.random() < 0.05 else None,
+            })
+            for f in (top, other):
+                findings.append({"study_id": i, "label": f.label, "probability": f.probability,
+                                 "threshold": f.threshold, "positive": f.positive})
+            if len(studies) == 5000:
+                conn.execute(insert(Study), studies)
+                conn.execute(insert(Finding), findings)
+                studies, findings = [], []
+        if studies:
+            conn.execute(insert(Study), studies)
+            conn.execute(insert(Finding), findings)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+    else:
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def _time(client: Any, url: str, repeat: int) -> tuple[float, dict[str, Any]]:
+    body: dict[str, Any] = {}
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        response = client.get(url)
+        samples.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        body = response.get_json()
+    return statistics.median(samples), body
+
+
+def measure(url: str, settings_dir: Path, repeat: int) -> list[tuple[str, float, int]]:
+    from shared.db import make_engine, make_session_factory
+    from web import create_app
+    from web.worklist import Cursor
+
+    settings = load_settings({"XRAY_VAR_DIR": str(settings_dir), "DATABASE_URL": url})
+    app = create_app(settings, celery=object())  # type: ignore[arg-type]  # reads only: nothing is enqueued
+    client = app.test_client()
+    rows: list[tuple[str, float, int]] = []
+    ms, first = _time(client, "/api/v1/worklist?limit=50", repeat)
+    rows.append(("first page (open worklist)", ms, first["total"]))
+    # Cursors for the middle and the last page, taken from the rows themselves.
+    session = make_session_factory(make_engine(url))()
+    total = first["total"]
+    for name, position in (("middle page", total // 2), ("last page", max(0, total - 50))):
+        study = session.execute(text(
+            "SELECT id, due_at FROM studies WHERE status='done' AND reviewed_at IS NULL "
+            "ORDER BY due_at, id LIMIT 1 OFFSET :o"), {"o": max(0, position - 1)}).first()
+        assert study is not None
+        due = study.due_at if isinstance(study.due_at, datetime) else datetime.fromisoformat(str(study.due_at))
+        cursor = Cursor(due, study.id).encode()
+        ms, body = _time(client, f"/api/v1/worklist?limit=50&after={cursor}", repeat)
+        rows.append((f"{name} (cursor)", ms, len(body["studies"])))
+    session.close()
+    ms, body = _time(client, f"/api/v1/worklist?limit=50&offset={total // 2}", repeat)
+    rows.append(("middle page (offset)", ms, len(body["studies"])))
+    for name, query in [
+        ("finding=Pneumothorax", "finding=Pneumothorax"),
+        ("status=reviewed", "status=reviewed"),
+        ("batch=42", "batch=42"),
+        ("model_trained=false", "model_trained=false"),
+        ("from/to one day", "from=2025-01-05&to=2025-01-05"),
+        ("search patient ID (exact)", "q=P000150"),
+        ("search name/file (contains)", "q=img_0999"),
+        ("finding + batch + dates", "finding=Edema&batch=7&from=2025-01-02&to=2025-01-08"),
+    ]:
+        ms, body = _time(client, f"/api/v1/worklist?limit=50&{query}", repeat)
+        rows.append((name, ms, body["total"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=100_000)
+    parser.add_argument("--postgres", default=DEFAULT_PG_ADMIN, help="admin URL ('' to skip PostgreSQL)")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        targets: list[tuple[str, str]] = [("SQLite", f"sqlite:///{tmp}/bench.db")]
+        pg_name = f"xray_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT") if args.postgres else None
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
+            targets.append(("PostgreSQL", args.postgres.rsplit("/", 1)[0] + f"/{pg_name}"))
+        try:
+            for name, url in targets:
+                upgrade(url)
+                t0 = time.perf_counter()
+                fill(url, args.studies)
+                print(f"\n{name}: {args.studies} studies filled in {time.perf_counter() - t0:.0f} s; "
+                      f"median of {args.repeat} requests")
+                print("| query | ms | rows/total |\n|---|---|---|")
+                for label, ms, count in measure(url, Path(tmp), args.repeat):
+                    print(f"| {label} | {ms:.1f} | {count} |")
+        finally:
+            if admin is not None:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+                admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
