@@ -3,7 +3,10 @@
 Urgency is in [0, 1] and comes in two bands so that every study the model calls positive is ahead of
 every study it calls normal at the same completion time:
 
-- positive study: `0.5 + 0.5 * max URGENCY[label]` over its positive findings (0.6 .. 1.0);
+- positive study: `0.5 + 0.5 * max URGENCY[label] * confidence` over its positive findings, where
+  `confidence = 0.8 + 0.2 * min(1, (probability - threshold) / (1 - threshold))`: the finding's weight
+  sets the order between findings, and how far past its threshold the probability is orders studies
+  with the same finding (a Pneumothorax at 0.99 before one at 0.41 against a 0.4 threshold);
 - normal study:   `0.5 * max URGENCY[label] * min(1, probability / threshold)` over all findings
   (0 .. 0.5), a continuous score, so normal studies still order by how close they came to a
   threshold, weighted by how serious that finding would be.
@@ -24,6 +27,7 @@ from typing import Protocol
 from shared.findings import URGENCY
 
 POSITIVE_FLOOR = 0.5
+CONFIDENCE_FLOOR = 0.8
 
 
 class ScoredFinding(Protocol):
@@ -47,7 +51,7 @@ def urgency(findings: Iterable[ScoredFinding]) -> float:
     for finding in findings:
         weight = URGENCY.get(finding.label, 0.0)
         if finding.positive:
-            positive_scores.append(weight)
+            positive_scores.append(weight * confidence(finding.probability, finding.threshold))
         elif finding.threshold > 0:
             ratio = min(1.0, max(0.0, finding.probability / finding.threshold))
             normal_scores.append(weight * ratio)
@@ -55,6 +59,12 @@ def urgency(findings: Iterable[ScoredFinding]) -> float:
         return POSITIVE_FLOOR + (1.0 - POSITIVE_FLOOR) * max(positive_scores)
     # Strictly below the positive band even when a probability sits exactly at a threshold.
     return min(POSITIVE_FLOOR * max(normal_scores), POSITIVE_FLOOR - 1e-6)
+
+
+def confidence(probability: float, threshold: float) -> float:
+    """How far past its threshold a positive finding is, mapped onto [CONFIDENCE_FLOOR, 1]."""
+    excess = 1.0 if threshold >= 1.0 else (probability - threshold) / (1.0 - threshold)
+    return CONFIDENCE_FLOOR + (1.0 - CONFIDENCE_FLOOR) * min(1.0, max(0.0, excess))
 
 
 def due_at(finished_at: datetime, urgency_value: float, max_wait_minutes: float) -> datetime:

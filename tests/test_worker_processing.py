@@ -225,8 +225,11 @@ def _normal(**probabilities: float) -> list[_F]:
 def test_triage_bands_and_order() -> None:
     assert urgency(_normal()) == 0.0
     assert urgency(_normal(Pneumothorax=0.4)) == pytest.approx(0.5 * URGENCY["Pneumothorax"] * 0.8)
-    assert urgency(_normal(Hernia=0.6)) == pytest.approx(0.5 + 0.5 * URGENCY["Hernia"])
-    assert urgency(_normal(Pneumothorax=0.9, Hernia=0.9)) == 1.0
+    # Positive: weight times confidence 0.8 + 0.2 * (p - t) / (1 - t); here (0.6 - 0.5) / 0.5 = 0.2.
+    assert urgency(_normal(Hernia=0.6)) == pytest.approx(0.5 + 0.5 * URGENCY["Hernia"] * 0.84)
+    assert urgency(_normal(Pneumothorax=1.0, Hernia=0.9)) == 1.0
+    # The same finding further past its threshold ranks higher.
+    assert urgency(_normal(Pneumothorax=0.99)) > urgency(_normal(Pneumothorax=0.51))
     # Any positive study ranks above any normal one; normal studies still order among themselves.
     assert urgency(_normal(Hernia=0.51)) > urgency(_normal(Pneumothorax=0.4999)) > urgency(_normal(Mass=0.4))
 
