@@ -52,16 +52,24 @@ def _runs_tasks_in_main_process(worker: Any) -> bool:
     return not (isinstance(pool, type) and issubclass(pool, PreforkPool))
 
 
+_pool_processes = 1  # set in the main process before the fork; prefork children inherit it
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    if sender is not None and _runs_tasks_in_main_process(sender):
+    global _pool_processes
+    if sender is None:
+        return
+    if _runs_tasks_in_main_process(sender):
         runtime.start_runtime(settings, settings.redis_url)
+    else:
+        _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
 
 
 @signals.worker_process_init.connect
 def _on_worker_process_init(**_: Any) -> None:
     try:
-        runtime.start_runtime(settings, settings.redis_url)
+        runtime.start_runtime(settings, settings.redis_url, processes=_pool_processes)
     except Exception:
         log.exception("could not load the model bundle from %s", settings.model_dir)
         raise

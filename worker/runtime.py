@@ -44,31 +44,34 @@ _runtime: WorkerRuntime | None = None
 _lock = threading.Lock()
 
 
-def load_diagnoser(settings: Settings) -> object:
-    """Load the bundle at settings.model_dir and trace its forward pass once (so the first study is
-    not slower than the rest)."""
+def load_diagnoser(settings: Settings, processes: int = 1) -> object:
+    """Load the bundle at settings.model_dir with settings.inference_runtime/inference_precision
+    (shared.runtime; `processes` model processes share this machine's CPUs) and run its forward
+    pass once (so the first study is not slower than the rest)."""
     import numpy as np
 
-    from shared.classifier import Classifier
     from shared.diagnosis import Diagnoser
+    from shared.runtime import load_predictor
 
     start = time.perf_counter()
-    classifier = Classifier.load(settings.model_dir)
+    classifier = load_predictor(settings.model_dir, settings.inference_runtime, settings.inference_precision,
+                                processes=processes)
     size = classifier.input_size
     classifier.predict(np.zeros((1, size, size, 3), dtype=np.float32))
-    log.info("model %s (%s, input %d) loaded from %s in %.1f s", classifier.version,
-             "trained" if classifier.trained else "UNTRAINED", size, settings.model_dir,
+    log.info("model %s (%s, input %d, %s) loaded from %s in %.1f s", classifier.version,
+             "trained" if classifier.trained else "UNTRAINED", size, classifier.runtime_name, settings.model_dir,
              time.perf_counter() - start)
     return Diagnoser(classifier)
 
 
-def start_runtime(settings: Settings, redis_url: str | None) -> WorkerRuntime:
-    """Load everything this process needs (once); start its heartbeat when a Redis URL is given."""
+def start_runtime(settings: Settings, redis_url: str | None, processes: int = 1) -> WorkerRuntime:
+    """Load everything this process needs (once); start its heartbeat when a Redis URL is given.
+    `processes`: how many model-holding processes this worker runs (its pool size)."""
     global _runtime
     with _lock:
         if _runtime is not None:
             return _runtime
-        diagnoser = load_diagnoser(settings)
+        diagnoser = load_diagnoser(settings, processes)
         classifier = diagnoser.classifier  # type: ignore[attr-defined]
         engine = make_engine(settings.database_url)
         heartbeat = None

@@ -1,0 +1,152 @@
+"""Measurement kernels of `bench.worker`: the compute ceiling, the bare forward pass, the original
+demo's eager approach, heatmap encoding, and a probe process for threads-versus-processes runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.config import ImageLimits
+from shared.images import read_image_file
+
+RESNET50_MACS_224 = 4.1e9  # multiply-accumulates per image at 224 x 224 (scales with the pixel count)
+
+
+def resnet50_flops(input_size: int) -> float:
+    return 2.0 * RESNET50_MACS_224 * (input_size / 224.0) ** 2
+
+
+def preprocessed(paths: list[Path], input_size: int) -> np.ndarray:
+    from shared.classifier import preprocess
+
+    return np.stack([preprocess(read_image_file(p, ImageLimits()).pixels, input_size) for p in paths])
+
+
+def forward_images_per_s(predictor: Any, batch: np.ndarray, batch_size: int) -> float:
+    """Images/s of predict() over `batch` in chunks of batch_size (outputs copied to numpy)."""
+    start = time.perf_counter()
+    for i in range(0, len(batch), batch_size):
+        predictor.predict(batch[i:i + batch_size])
+    return len(batch) / (time.perf_counter() - start)
+
+
+def matmul_peak_gflops(precision: str, threads: int, n: int = 2048, calls: int = 12) -> float:
+    """Best GFLOP/s of an n x n x n matmul compiled by OpenVINO's CPU plugin (oneDNN, the kernels the
+    convolutions use) in `precision`, with `threads` threads: the measured compute ceiling."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], ov.Type.f32, name="a")
+    b = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    request.infer({0: x})
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        request.infer({0: x})
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def original_approach_images_per_s(model: Any, batch: np.ndarray, top: int = 3) -> float:
+    """The original demo: an eager `model(x)`, then one eager GradientTape pass per reported finding
+    (the top 3), each a full forward and backward pass, Grad-CAM from the mean gradient."""
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    for image in batch:
+        x = tf.constant(image[None])
+        probabilities, _ = model(x, training=False)
+        for c in np.argsort(-probabilities.numpy()[0])[:top]:
+            with tf.GradientTape() as tape:
+                probs, features = model(x, training=False)
+                score = probs[:, int(c)]
+            grads = tape.gradient(score, features)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
+            cam.numpy()
+    return len(batch) / (time.perf_counter() - start)
+
+
+def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]:
+    """ms and bytes per study (14 maps) for the heatmap layer as written now and alternatives."""
+    import io
+
+    from PIL import Image
+
+    from shared.gradcam import heatmap_layer_png, jet, upsample
+
+    def layer_rgba(cam: np.ndarray, size: int) -> Image.Image:
+        fine = np.clip(upsample(cam, size, size), 0.0, 1.0)
+        rgba = np.empty((size, size, 4), dtype=np.uint8)
+        rgba[..., :3] = jet(fine)
+        rgba[..., 3] = (fine * 255.0 + 0.5).astype(np.uint8)
+        return Image.fromarray(rgba)
+
+    def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    variants = {
+        "PNG 256 px, level 1 (what the worker writes)": lambda c: heatmap_layer_png(c, 256),
+        "PNG 128 px, level 1": lambda c: heatmap_layer_png(c, 128),
+        "PNG 256 px, level 6": lambda c: encoded(layer_rgba(c, 256), "PNG", compress_level=6),
+        "WebP 256 px, quality 80": lambda c: encoded(layer_rgba(c, 256), "WEBP", quality=80),
+    }
+    rows = []
+    for name, encode in variants.items():
+        times, size = [], 0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            size = sum(len(encode(cam)) for cam in cams)
+            times.append((time.perf_counter() - start) * 1000.0)
+        rows.append({"variant": name, "ms_per_study": float(np.median(times)), "kb_per_study": size / 1000})
+    return rows
+
+
+# ----------------------------------------------------------------------------- probe process
+
+
+def probe_main(argv: list[str]) -> int:
+    """`python -m bench.worker --probe RUNTIME PRECISION THREADS PROCESSES BUNDLE IMAGE...`:
+    load the model (timed), say ready, then on each 'go' line run the images at batch 1 and report."""
+    runtime, precision, threads, processes, bundle, *images = argv
+    start = time.perf_counter()
+    from shared.runtime import load_predictor
+
+    predictor = load_predictor(bundle, runtime, precision, processes=int(processes), threads=int(threads))
+    batch = preprocessed([Path(p) for p in images], predictor.input_size)
+    predictor.predict(batch[:1])
+    load_s = time.perf_counter() - start
+    _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid()})
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        start = time.perf_counter()
+        for i in range(len(batch)):
+            predictor.predict(batch[i:i + 1])
+        _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})
+    return 0
+
+
+def _say(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6

@@ -1,0 +1,466 @@
+"""Worker speed, side by side in one run: `python -m bench.worker [options]` (see --help).
+
+Measures, on the same real images (nih-full 1024 px PNGs and kermany-224 JPEGs, half each):
+1. the bare forward pass of each runtime (batch 1 and --batch), in this process;
+2. the full worker path per study (worker.processing.process_study: read, decode, preprocess,
+   forward, CAMs and boxes for all 14 findings, 14 heatmap layers written, rows committed to SQLite);
+3. end to end: a batch uploaded to the web API (gunicorn) until its last study is done, through a
+   real Redis queue and `xray worker` with 1 and with 2 processes (one web, queue and database per
+   configuration, all alive at once so that the configurations alternate within each repeat);
+4. the original demo's approach (eager call + 3 eager GradientTape passes per image);
+plus the compute ceiling (OpenVINO matmul, f32 and bf16), 1 process x 2 threads versus 2 processes
+x 1 thread (bare forward, separate processes), the model load time and RSS per process, and the
+heatmap encoding cost. Each figure is the median of --repeats runs after a warm-up; the compared
+things alternate within each repeat.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench import common  # noqa: E402
+from bench.forward import (  # noqa: E402
+    forward_images_per_s,
+    heatmap_encoding,
+    matmul_peak_gflops,
+    original_approach_images_per_s,
+    preprocessed,
+    probe_main,
+    resnet50_flops,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--runtimes", default="tensorflow-f32,openvino-f32,openvino-bf16",
+                        help="runtime-precision pairs to compare (bf16 is skipped where the CPU lacks it)")
+    parser.add_argument("--bundle", type=Path, help="model bundle (default: models/demo, else an untrained 224)")
+    parser.add_argument("--images", type=int, default=16, help="images per measurement (half nih-full, half kermany)")
+    parser.add_argument("--batch", type=int, default=8, help="the batched forward pass's batch size")
+    parser.add_argument("--repeats", type=int, default=5, help="measured repeats (after one warm-up)")
+    parser.add_argument("--original-images", type=int, default=4, help="images per repeat for the original approach")
+    parser.add_argument("--e2e-runtimes", default="tensorflow-f32,openvino-bf16",
+                        help="runtimes measured end to end (each with 1 and 2 worker processes); '' for none")
+    parser.add_argument("--e2e-images", type=int, default=32, help="studies per uploaded batch end to end")
+    parser.add_argument("--e2e-repeats", type=int, default=3)
+    parser.add_argument("--boost-ghz", type=float, default=3.7,
+                        help="the CPU's boost clock, for the nominal ceiling (EPYC 9004: 3.7)")
+    parser.add_argument("--skip-probes", action="store_true", help="skip the threads-versus-processes probes")
+    parser.add_argument("--redis-url", default=common.BENCH_REDIS_URL)
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed)")
+    return parser.parse_args(argv)
+
+
+def split_runtime(name: str) -> tuple[str, str]:
+    runtime, _, precision = name.partition("-")
+    return runtime, precision or "f32"
+
+
+def usable_runtimes(names: str) -> list[str]:
+    from shared.runtime import RuntimeUnavailable, choose_runtime
+
+    usable = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        try:
+            choose_runtime(*split_runtime(name))
+            usable.append(name)
+        except RuntimeUnavailable as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    return usable
+
+
+@dataclass
+class Results:
+    figures: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, key: str, value: float) -> None:
+        self.samples[key].append(value)
+
+    def med(self, key: str) -> float:
+        return common.median(self.samples.get(key, []))
+
+
+# ----------------------------------------------------------------------------- in-process: 1, 2, 4
+
+
+class WorkerPath:
+    """worker.processing.process_study against SQLite and storage in a scratch folder."""
+
+    def __init__(self, scratch: Path, paths: list[Path]) -> None:
+        from shared.db import make_engine, make_session_factory
+        from shared.migrate import upgrade
+        from shared.storage import Storage
+
+        self.settings = common.bench_settings(scratch)
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(self.settings.database_url)
+        self.engine = make_engine(self.settings.database_url)
+        self.factory = make_session_factory(self.engine)
+        self.storage = Storage(self.settings.storage_dir)
+        self.originals = [(p.name, p.read_bytes()) for p in paths]
+
+    def add_studies(self) -> list[int]:
+        from shared.db import session_scope
+        from shared.models import Batch, Study
+
+        with session_scope(self.factory) as session:
+            batch = Batch(label="bench")
+            studies = []
+            for name, data in self.originals:
+                fmt = "png" if data[:4] == b"\x89PNG" else "jpeg"
+                rel = self.storage.put_original(data, fmt)
+                studies.append(Study(batch=batch, original_filename=name, sha256=hashlib.sha256(data).hexdigest(),
+                                     stored_path=rel, format=fmt, size_bytes=len(data)))
+            session.add_all(studies)
+            session.flush()
+            return [s.id for s in studies]
+
+    def run(self, diagnoser: Any) -> tuple[float, list[dict[str, float]]]:
+        """Studies/s through process_study, and each study's recorded stage timings."""
+        from sqlalchemy import select
+
+        from shared.db import session_scope
+        from shared.models import Study
+        from worker.processing import process_study
+
+        ids = self.add_studies()
+        start = time.perf_counter()
+        for study_id in ids:
+            outcome = process_study(self.factory, self.storage, diagnoser, study_id, settings=self.settings)
+            if outcome.status != "done":
+                raise RuntimeError(f"study {study_id} ended {outcome.status}: {outcome.reason}")
+        rate = len(ids) / (time.perf_counter() - start)
+        with session_scope(self.factory) as session:
+            timings = list(session.scalars(select(Study.timings).where(Study.id.in_(ids))))
+        return rate, timings
+
+
+def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
+    """Images/s of read_image + Diagnoser.diagnose (decode, preprocess, forward, 14 CAMs and boxes):
+    the worker path without heatmap layers, storage and database."""
+    from shared.config import ImageLimits
+    from shared.images import read_image
+
+    originals = [p.read_bytes() for p in paths]
+    start = time.perf_counter()
+    for data in originals:
+        diagnoser.diagnose(read_image(data, ImageLimits()))
+    return len(originals) / (time.perf_counter() - start)
+
+
+def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scratch: Path, results: Results) -> None:
+    from shared.diagnosis import Diagnoser
+    from shared.runtime import load_predictor
+
+    paths = common.mixed_images(args.images)
+    predictors = {}
+    for name in runtimes:
+        start = time.perf_counter()
+        predictors[name] = load_predictor(bundle, *split_runtime(name))
+        results.figures[f"in_process_load_s/{name}"] = time.perf_counter() - start
+    size = next(iter(predictors.values())).input_size
+    batch = preprocessed(paths, size)
+    path = WorkerPath(scratch / "worker-path", paths)
+    diagnosers = {name: Diagnoser(p) for name, p in predictors.items()}
+    keras_model = next((p.classifier.model for p in predictors.values() if hasattr(p, "classifier")), None)
+    original = batch[: args.original_images]
+    stage_timings: dict[str, list[dict[str, float]]] = defaultdict(list)
+    cpus = len(os.sched_getaffinity(0))
+
+    for repeat in range(args.repeats + 1):
+        warm = repeat == 0
+        for name in runtimes:
+            b1 = forward_images_per_s(predictors[name], batch, 1)
+            bn = forward_images_per_s(predictors[name], batch, args.batch)
+            diagnose_only = _diagnose_only(diagnosers[name], paths)
+            rate, timings = path.run(diagnosers[name])
+            if not warm:
+                results.add(f"diagnose_only/{name}", diagnose_only)
+                results.add(f"forward_b1/{name}", b1)
+                results.add(f"forward_b{args.batch}/{name}", bn)
+                results.add(f"worker_path/{name}", rate)
+                stage_timings[name].extend(timings)
+        for precision in sorted({split_runtime(n)[1] for n in runtimes}):
+            peak = max(matmul_peak_gflops(precision, cpus, n) for n in (2048, 4096))
+            if not warm:
+                results.add(f"ceiling_gflops/{precision}", peak)
+        if keras_model is not None:
+            rate = original_approach_images_per_s(keras_model, original)
+            if not warm:
+                results.add("original", rate)
+        print(f"  repeat {repeat}{' (warm-up)' if warm else ''} done, load {common.load_average()[0]:.2f}",
+              file=sys.stderr, flush=True)
+
+    for name, rows in stage_timings.items():
+        stages = sorted({k for row in rows for k in row})
+        results.figures[f"stages_ms/{name}"] = {s: common.median([r[s] for r in rows if s in r]) for s in stages}
+
+    from shared.gradcam import class_activation_maps
+
+    first = predictors[runtimes[0]]
+    _, features = first.predict(batch[:1])
+    cams = class_activation_maps(features[0], first.dense_kernel)
+    results.figures["heatmap_encoding"] = heatmap_encoding(cams)
+    path.engine.dispose()
+
+
+# ----------------------------------------------------------------------------- probes: threads vs processes
+
+
+def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
+    """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, bare forward at batch 1,
+    alternating within each repeat. Also each process's model load time and RSS."""
+    cpus = len(os.sched_getaffinity(0))
+    layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
+    images = [str(p) for p in common.mixed_images(args.images)]
+    groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
+    try:
+        for name in runtimes:
+            for layout, (processes, threads) in layouts.items():
+                group = []
+                for _ in range(processes):
+                    argv = [sys.executable, "-m", "bench.worker", "--probe", *split_runtime(name), str(threads),
+                            str(processes), str(bundle), *images]
+                    group.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                  cwd=common.PROJECT_ROOT, env={**os.environ}))
+                groups[(name, layout)] = group
+                for proc in group:  # load one group at a time: load times are not inflated by others
+                    ready = _read(proc)
+                    results.add(f"probe_load_s/{name}", ready["load_s"])
+                    results.add(f"probe_rss_mb/{name}", ready["rss_mb"])
+        for repeat in range(args.repeats + 1):
+            for (name, layout), group in groups.items():
+                start = time.perf_counter()
+                for proc in group:
+                    assert proc.stdin is not None
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+                for proc in group:
+                    _read(proc)
+                rate = len(images) * len(group) / (time.perf_counter() - start)
+                if repeat:
+                    results.add(f"layout_{layout}/{name}", rate)
+    finally:
+        for group in groups.values():
+            for proc in group:
+                if proc.stdin:
+                    proc.stdin.close()
+                proc.wait(timeout=60)
+
+
+def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"probe {proc.pid} ended without an answer (exit {proc.wait()})")
+
+
+# ----------------------------------------------------------------------------- 3: end to end
+
+
+@dataclass
+class Service:
+    name: str
+    workers: int
+    settings: Any
+    web: common.WebClient
+    worker_pid: int
+
+
+def end_to_end(args: argparse.Namespace, runtimes: list[str], bundle: Path, scratch: Path, results: Results) -> None:
+    from contextlib import ExitStack
+
+    from shared.migrate import upgrade
+
+    paths = common.mixed_images(args.e2e_images)
+    services: list[Service] = []
+    with ExitStack() as stack:
+        for name in runtimes:
+            runtime, precision = split_runtime(name)
+            for workers in (1, 2):
+                folder = scratch / f"e2e-{name}-{workers}"
+                settings = common.bench_settings(folder)
+                settings.var_dir.mkdir(parents=True, exist_ok=True)
+                upgrade(settings.database_url)
+                env = common.service_env(settings, args.redis_url, bundle, XRAY_RUNTIME=runtime,
+                                         XRAY_PRECISION=precision)
+                stack.callback(common.delete_queue_keys, args.redis_url, settings.queue_name)
+                port = common.free_port()
+                stack.enter_context(common.process(common.web_argv(port), env, folder / "web.log"))
+                worker = stack.enter_context(common.process(common.worker_argv(workers), env, folder / "worker.log"))
+                web = common.WebClient(f"http://127.0.0.1:{port}")
+                common.wait_until(web.up, 60, what=f"the web server of {name} x{workers}")
+                service = Service(name, workers, settings, web, worker.pid)
+                start = time.perf_counter()
+                _run_batch(service, paths[:2])  # the first batch waits for the model to load
+                results.figures[f"e2e_first_batch_s/{name}/x{workers}"] = time.perf_counter() - start
+                services.append(service)
+        for repeat in range(args.e2e_repeats + 1):
+            for service in services:
+                seconds = _run_batch(service, paths)
+                if repeat:
+                    results.add(f"e2e/{service.name}/x{service.workers}", len(paths) / seconds)
+            print(f"  end-to-end repeat {repeat} done, load {common.load_average()[0]:.2f}", file=sys.stderr,
+                  flush=True)
+        for service in services:
+            tree = common.tree_rss_mb(service.worker_pid)
+            children = [mb for pid, mb in tree.items() if pid != service.worker_pid]
+            results.figures[f"e2e_rss_mb/{service.name}/x{service.workers}"] = {
+                "main": tree.get(service.worker_pid, 0.0), "pool_processes": children}
+
+
+def _run_batch(service: Service, paths: list[Path], timeout_s: float = 900.0) -> float:
+    start = time.perf_counter()
+    body = service.web.upload(paths)
+    batch_id = body["batch_id"]
+    expected = len(body["accepted"])
+
+    def finished() -> bool:
+        counts = service.web.counts(batch_id)
+        return counts.get("done", 0) + counts.get("failed", 0) >= expected
+
+    common.wait_until(finished, timeout_s, interval_s=0.1, what=f"batch {batch_id} of {service.name}")
+    seconds = time.perf_counter() - start
+    failed = service.web.counts(batch_id).get("failed", 0)
+    if failed:
+        raise RuntimeError(f"{failed} studies failed in {service.name}; see its worker.log")
+    return seconds
+
+
+# ----------------------------------------------------------------------------- report
+
+
+# Nominal peak per core and cycle (Zen 4: two 256-bit FMA pipes = 16 f32 FMAs; VDPBF16PS doubles it).
+NOMINAL_FLOPS_PER_CYCLE = {"f32": 32, "bf16": 64}
+
+
+def ceiling(results: Results, runtimes: list[str], input_size: int, boost_ghz: float) -> None:
+    """The measured ceiling (median over repeats of the best matmul rate, measured between the
+    forward passes, so under the same load) and the nominal one (cores x boost clock x FLOP/cycle)."""
+    cpus = len(os.sched_getaffinity(0))
+    flops = resnet50_flops(input_size)
+    for precision in sorted({split_runtime(n)[1] for n in runtimes}):
+        peak = results.med(f"ceiling_gflops/{precision}")
+        nominal = cpus * boost_ghz * NOMINAL_FLOPS_PER_CYCLE[precision]
+        results.figures[f"ceiling_gflops/{precision}"] = peak
+        results.figures[f"ceiling_images_per_s/{precision}"] = peak * 1e9 / flops
+        results.figures[f"nominal_gflops/{precision}"] = nominal
+        results.figures[f"nominal_images_per_s/{precision}"] = nominal * 1e9 / flops
+
+
+def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], results: Results) -> None:
+    f, med = results.figures, results.med
+    rows = []
+    for name in runtimes:
+        b1 = med(f"forward_b1/{name}")
+        ceil = f.get(f"ceiling_images_per_s/{split_runtime(name)[1]}", float("nan"))
+        nominal = f.get(f"nominal_images_per_s/{split_runtime(name)[1]}", float("nan"))
+        best = max(b1, med(f"forward_b{args.batch}/{name}"))
+        rows.append([name, b1, med(f"forward_b{args.batch}/{name}"), med(f"diagnose_only/{name}"),
+                     med(f"worker_path/{name}"), med(f"worker_path/{name}") / b1, best / ceil, best / nominal,
+                     med(f"probe_load_s/{name}"), med(f"probe_rss_mb/{name}")])
+    common.print_table("1-2. Forward pass and worker path, one process (images/s, median)", rows,
+                       ["runtime", "forward b1", f"forward b{args.batch}", "diagnose only", "worker path",
+                        "path/forward b1", "forward/measured ceiling", "forward/nominal", "load s (fresh process)",
+                        "RSS MB after load"])
+    if "original" in results.samples:
+        best = max(runtimes, key=lambda n: med(f"worker_path/{n}"))
+        common.print_table("4. The original approach (eager call + 3 eager GradientTape passes)", [
+            ["original", med("original"), ""],
+            [f"worker path, {best}", med(f"worker_path/{best}"), med(f"worker_path/{best}") / med("original")],
+        ], ["what", "images/s", "x original"])
+    ceilings = [[p, f[f"ceiling_gflops/{p}"], f[f"ceiling_images_per_s/{p}"], f[f"nominal_gflops/{p}"],
+                 f[f"nominal_images_per_s/{p}"]]
+                for p in sorted({split_runtime(n)[1] for n in runtimes})]
+    common.print_table(f"Compute ceiling (OpenVINO matmul 2048^3/4096^3, all CPUs; nominal at {args.boost_ghz} GHz; "
+                       "ResNet50 = 8.2 GFLOP at 224)", ceilings,
+                       ["precision", "measured GFLOP/s", "images/s", "nominal GFLOP/s", "images/s"])
+    if any(k.startswith("layout_") for k in results.samples):
+        common.print_table("Threads versus processes, bare forward b1 (images/s, whole machine)", [
+            [n, med(f"layout_1x2/{n}"), med(f"layout_2x1/{n}"), med(f"layout_2x1/{n}") / med(f"layout_1x2/{n}")]
+            for n in runtimes], ["runtime", "1 proc x 2 threads", "2 procs x 1 thread", "ratio"])
+    if e2e:
+        rows = []
+        for name in e2e:
+            for workers in (1, 2):
+                rate = med(f"e2e/{name}/x{workers}")
+                rss = f.get(f"e2e_rss_mb/{name}/x{workers}", {})
+                rows.append([name, workers, rate, rate / med(f"forward_b1/{name}"),
+                             ", ".join(f"{mb:.0f}" for mb in rss.get("pool_processes", [])),
+                             f.get(f"e2e_first_batch_s/{name}/x{workers}", float("nan"))])
+        common.print_table(f"3. End to end: {args.e2e_images} studies uploaded until the last is done (studies/s)",
+                           rows, ["runtime", "worker processes", "studies/s", "/ forward b1 (1 proc)",
+                                  "RSS MB per pool process", "first batch s (incl. model load)"])
+    for name in runtimes:
+        stages = f.get(f"stages_ms/{name}")
+        if stages:
+            print(f"\nstages (median ms per study) {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    if "heatmap_encoding" in f:
+        common.print_table("Heatmap layers, 14 per study", [[r["variant"], r["ms_per_study"], r["kb_per_study"]]
+                                                            for r in f["heatmap_encoding"]],
+                           ["variant", "ms per study", "KB per study"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe"]:
+        return probe_main(argv[1:])
+    args = parse_args(argv)
+    runtimes = usable_runtimes(args.runtimes)
+    e2e = usable_runtimes(args.e2e_runtimes) if args.e2e_runtimes else []
+    if not runtimes:
+        print("no usable runtime", file=sys.stderr)
+        return 2
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="xray-bench-") as tmp:
+        scratch = args.scratch or Path(tmp)
+        bundle = common.ensure_bundle(args.bundle, scratch)
+        from shared.classifier import read_card
+        from shared.runtime import load_predictor
+
+        card = read_card(bundle)
+        for name in runtimes:  # convert (and cache) OpenVINO IRs before anything is timed
+            if name.startswith("openvino"):
+                start = time.perf_counter()
+                load_predictor(bundle, *split_runtime(name))
+                results.figures[f"first_load_s/{name}"] = time.perf_counter() - start
+        load_before = common.load_average()
+        print(f"machine: {common.machine_description()}; load average {load_before}", flush=True)
+        print(f"bundle {bundle} (version {card.version}, input {card.input_size}, trained {card.trained}); "
+              f"{args.images} images (half nih-full, half kermany-224), {args.repeats} repeats + warm-up",
+              flush=True)
+        if not args.skip_probes:
+            probes(args, runtimes, bundle, results)
+        in_process(args, runtimes, bundle, scratch, results)
+        if e2e:
+            end_to_end(args, e2e, bundle, scratch, results)
+        ceiling(results, runtimes, card.input_size, args.boost_ghz)
+        results.figures["load_average"] = {"before": load_before, "after": common.load_average()}
+        report(args, runtimes, e2e, results)
+        print(f"\nload average before {load_before}, after {common.load_average()}")
+    if args.json:
+        args.json.write_text(json.dumps({"figures": results.figures, "samples": results.samples}, indent=2,
+                                        default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
