@@ -196,11 +196,33 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
         time.sleep(interval_s)
 
 
+def bench_token(database_url: str) -> str:
+    """An API token of a new token-only admin on this (migrated) database: every route but /healthz
+    needs one (docs/SECURITY.md)."""
+    from shared.accounts import create_user, issue_token
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            user = create_user(session, f"bench-{uuid.uuid4().hex[:8]}", "admin", None)
+            token = issue_token(session, user, "benchmark")
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
+
+
 @dataclass
 class WebClient:
-    """The web API over HTTP (what a browser or the CLI uses)."""
+    """The web API over HTTP (what a browser or the CLI uses), with an API token."""
 
     base_url: str
+    token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def up(self) -> bool:
         import requests
@@ -214,7 +236,7 @@ class WebClient:
         import requests
 
         files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
-        response = requests.post(f"{self.base_url}/api/v1/batches", files=files,
+        response = requests.post(f"{self.base_url}/api/v1/batches", files=files, headers=self.headers,
                                  data={"rerun": "1"} if rerun else {}, timeout=600)
         if response.status_code != 201:
             raise RuntimeError(f"upload refused ({response.status_code}): {response.text[:500]}")
@@ -223,7 +245,8 @@ class WebClient:
     def counts(self, batch_id: int) -> dict[str, int]:
         import requests
 
-        return requests.get(f"{self.base_url}/api/v1/batches/{batch_id}", timeout=30).json()["counts"]
+        return requests.get(f"{self.base_url}/api/v1/batches/{batch_id}", headers=self.headers,
+                            timeout=30).json()["counts"]
 
 
 def print_table(title: str, rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:

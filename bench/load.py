@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import bench_token
 from shared.config import PROJECT_ROOT
 
 DATA_DIR = Path(os.environ.get("XRAY_TEST_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -149,7 +150,8 @@ def xray_up(env: dict[str, str], port: int, workers: int, log_path: Path) -> Ite
                 proc.wait(timeout=10)
 
 
-def upload(base: str, paths: list[Path], chunk: int) -> tuple[int | None, set[int], int, int, list[str]]:
+def upload(base: str, paths: list[Path], chunk: int,
+           headers: dict[str, str]) -> tuple[int | None, set[int], int, int, list[str]]:
     """Send every file; returns (batch id, study ids, accepted, duplicates, rejection reasons)."""
     import requests
 
@@ -161,7 +163,7 @@ def upload(base: str, paths: list[Path], chunk: int) -> tuple[int | None, set[in
         part = paths[start:start + chunk]
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in part]
         url = f"{base}/api/v1/batches" if batch_id is None else f"{base}/api/v1/batches/{batch_id}/files"
-        response = requests.post(url, files=files, data={"label": "load test"}, timeout=600)
+        response = requests.post(url, files=files, data={"label": "load test"}, headers=headers, timeout=600)
         if response.status_code not in (201, 422):
             raise SystemExit(f"upload of files {start}..{start + len(part)} failed: "
                              f"{response.status_code} {response.text[:500]}")
@@ -175,13 +177,13 @@ def upload(base: str, paths: list[Path], chunk: int) -> tuple[int | None, set[in
     return batch_id, ids, accepted, duplicates, rejected
 
 
-def wait_finished(base: str, batch_id: int, timeout_s: float) -> None:
+def wait_finished(base: str, batch_id: int, timeout_s: float, headers: dict[str, str]) -> None:
     import requests
 
     deadline = time.monotonic() + timeout_s
     last = ""
     while True:
-        counts = requests.get(f"{base}/api/v1/batches/{batch_id}", timeout=30).json()["counts"]
+        counts = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=headers, timeout=30).json()["counts"]
         line = " ".join(f"{k}={v}" for k, v in counts.items())
         if line != last:
             print(f"  {time.strftime('%H:%M:%S')} {line}", flush=True)
@@ -243,12 +245,13 @@ def run(mode: str, limit: int | None, chunk: int, workers: int, timeout_s: float
             print(f"load test ({mode}): {len(paths)} files, bundle {bundle}, {workers} worker process(es)",
                   flush=True)
             base = stack.enter_context(xray_up(env, free_port(), workers, PROJECT_ROOT / "var" / f"load-{mode}.log"))
+            headers = {"Authorization": f"Bearer {bench_token(database_url)}"}  # `xray up` has migrated it
             t0 = time.monotonic()
-            batch_id, ids, accepted, duplicates, rejected = upload(base, paths, chunk)
+            batch_id, ids, accepted, duplicates, rejected = upload(base, paths, chunk, headers)
             upload_s = time.monotonic() - t0
             if batch_id is None:
                 raise SystemExit("nothing was accepted")
-            wait_finished(base, batch_id, timeout_s)
+            wait_finished(base, batch_id, timeout_s, headers)
             wall_s = time.monotonic() - t0
             statuses, reasons, latencies, worker_s = read_outcome(database_url, ids)
     reject_reasons: dict[str, int] = {}

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         env = common.service_env(settings, args.redis_url, bundle, XRAY_RUNTIME=runtime,
                                  XRAY_PRECISION=precision or "f32")
         port = common.free_port()
-        web = common.WebClient(f"http://127.0.0.1:{port}")
+        web = common.WebClient(f"http://127.0.0.1:{port}", common.bench_token(settings.database_url))
         print(f"machine: {common.machine_description()}; load average {common.load_average()}", flush=True)
         results: dict[str, list[float]] = {"idle": [], "busy": []}
         reads: dict[str, float] = {}

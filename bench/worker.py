@@ -306,7 +306,7 @@ def end_to_end(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
                 port = common.free_port()
                 stack.enter_context(common.process(common.web_argv(port), env, folder / "web.log"))
                 worker = stack.enter_context(common.process(common.worker_argv(workers), env, folder / "worker.log"))
-                web = common.WebClient(f"http://127.0.0.1:{port}")
+                web = common.WebClient(f"http://127.0.0.1:{port}", common.bench_token(settings.database_url))
                 common.wait_until(web.up, 60, what=f"the web server of {name} x{workers}")
                 service = Service(name, workers, settings, web, worker.pid)
                 start = time.perf_counter()

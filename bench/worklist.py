@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert, text
 
+from bench.common import bench_token
 from shared.config import load_settings
 from shared.findings import FINDINGS
 from shared.migrate import upgrade
@@ -105,6 +106,7 @@ def measure(url: str, settings_dir: Path, repeat: int) -> list[tuple[str, float,
     settings = load_settings({"XRAY_VAR_DIR": str(settings_dir), "DATABASE_URL": url})
     app = create_app(settings, celery=object())  # type: ignore[arg-type]  # reads only: nothing is enqueued
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bench_token(url)}"
     rows: list[tuple[str, float, int]] = []
     ms, first = _time(client, "/api/v1/worklist?limit=50", repeat)
     rows.append(("first page (open worklist)", ms, first["total"]))

@@ -20,6 +20,8 @@ from cli.supervise import Child, Supervisor
 from shared.config import Settings, load_settings
 
 READY_TIMEOUT_S = 60.0
+# Gunicorn's access log without the query string: a worklist search (`?q=`) may carry a patient ID.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,6 +115,30 @@ def model_dir_or_untrained(settings: Settings, env: dict[str, str]) -> Path:
     return untrained
 
 
+def first_admin_hint(database_url: str) -> str:
+    """How to create an account: spelled out while the database has no user yet."""
+    from sqlalchemy import func, select
+
+    from shared.db import make_engine
+    from shared.models_accounts import User
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            users = int(conn.scalar(select(func.count()).select_from(User)) or 0)
+    except Exception:  # noqa: BLE001 - a hint must never stop the service
+        users = 0
+    finally:
+        engine.dispose()
+    if users:
+        return "Log in with your account; admins add users with `xray user add NAME --role ROLE`.\n"
+    return ("Every page needs a login and there is no user yet. Create the first admin (in another terminal,\n"
+            "same XRAY_VAR_DIR / DATABASE_URL):\n"
+            "    xray user add NAME --role admin\n"
+            "then log in at /login. API clients and `xray submit` need a token: `xray user token NAME`.\n"
+            "Roles and tokens: docs/SECURITY.md.\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from shared.migrate import upgrade
 
@@ -149,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             "web",
             [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
              "--workers", str(args.web_processes), "--threads", "4", "--timeout", "120",
-             "--access-logfile", "-", "web.wsgi:app"],
+             "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "web.wsgi:app"],
             env,
         ))
         base = f"http://{args.host}:{args.port}"
@@ -157,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
             print("xray up: the web server did not start; stopping", file=sys.stderr)
             supervisor.stop()
             return 1
-        print(f"\nDiagnose My X-Ray is running: {base}/\nPress Ctrl-C to stop everything.\n", flush=True)
+        print(f"\nDiagnose My X-Ray is running: {base}/\n{first_admin_hint(settings.database_url)}"
+              "Press Ctrl-C to stop everything.\n", flush=True)
         return supervisor.wait()
     except BaseException:
         supervisor.stop()

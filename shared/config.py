@@ -65,6 +65,12 @@ class Settings:
     inference_runtime: str = "tensorflow"
     inference_precision: str = "f32"
     triage_max_wait_minutes: float = 240.0
+    # Accounts and privacy (issue 6). `production` (XRAY_ENV=production) makes an empty SECRET_KEY an
+    # error; `session_cookie_secure` forces the Secure cookie flag (set it behind a TLS-terminating
+    # proxy; requests that arrive over https get it anyway); `deidentify` pseudonymises DICOM on intake.
+    production: bool = False
+    session_cookie_secure: bool = False
+    deidentify: bool = False
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -104,4 +110,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         inference_runtime=env.get("XRAY_RUNTIME") or "tensorflow",
         inference_precision=env.get("XRAY_PRECISION") or "f32",
         triage_max_wait_minutes=_float(env, "XRAY_TRIAGE_MAX_WAIT_MIN", Settings.triage_max_wait_minutes),
+        production=(env.get("XRAY_ENV") or "").strip().lower() in {"production", "prod"},
+        session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", False),
+        deidentify=_bool(env, "XRAY_DEIDENTIFY", False),
     )

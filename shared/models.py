@@ -149,3 +149,8 @@ class Review(Base):
     note: Mapped[str | None] = mapped_column(Text)
     verdicts: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+# The account and audit tables (issue 6) live in their own module on the same Base; importing it here
+# puts them on `Base.metadata` for Alembic, create_all and every process that imports the ORM.
+from shared import models_accounts  # noqa: E402,F401

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 
 from shared.config import Settings, load_settings
 
@@ -97,3 +100,73 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts (issue 6): every route but /healthz, /login and /static needs a user.
+# ---------------------------------------------------------------------------------------------
+
+TEST_PASSWORD = "test password 123"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user made for a test, with its password and one API token."""
+
+    username: str
+    role: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_account(database_url: str, username: str = "admin", role: str = "admin",
+                 password: str = TEST_PASSWORD) -> Account:
+    """Create a user and a token in the database at `database_url` (its tables must exist: migrated,
+    or made with Base.metadata.create_all)."""
+    from shared.accounts import create_user, issue_token
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            user = create_user(session, username, role, password)
+            token = issue_token(session, user, "tests")
+            session.commit()
+    finally:
+        engine.dispose()
+    return Account(username, role, password, token)
+
+
+def token_client_class(token: str) -> type[FlaskClient]:
+    """A Flask test client class that sends `Authorization: Bearer <token>` with every request."""
+
+    class TokenClient(FlaskClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+
+    return TokenClient
+
+
+@pytest.fixture
+def account_factory(settings: Settings) -> Callable[..., Account]:
+    """`account_factory(role="radiologist", username=None)`: a user + token on `settings`' database
+    (its tables made from the ORM if missing, as tests.test_web_support.make_app does)."""
+    made: set[str] = set()
+
+    def make(role: str = "admin", username: str | None = None) -> Account:
+        from shared.db import make_engine
+        from shared.models import Base
+
+        engine = make_engine(settings.database_url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        name = username or f"{role}{len(made) + 1}"
+        made.add(name)
+        return make_account(settings.database_url, name, role)
+
+    return make

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import PROJECT_ROOT, Settings
+from tests.conftest import make_account
 from tests.service_harness import delete_queue_keys, service_env, worker_process
 from tests.test_submit import serve
 
@@ -43,6 +44,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, small_
     from web import create_app
 
     upgrade(settings.database_url)
+    admin = make_account(settings.database_url, "dr-browser", "admin")
     app = create_app(settings, celery=make_celery(settings, redis_url))
     shots = tmp_path / "screens"
     shots.mkdir()
@@ -62,7 +64,15 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, small_
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
+            # Not logged in: the page sends the browser to the login form, which sends it back.
             page.goto(url + "/")
+            page.wait_for_url(url + "/login?next=/")
+            page.fill('input[name="username"]', admin.username)
+            page.fill('input[name="password"]', admin.password)
+            page.click('button[type="submit"]')
+            page.wait_for_url(url + "/")
+            assert admin.username in page.text_content(".account")
+            # The upload (XMLHttpRequest) and the review (fetch) below carry the CSRF token (csrf.js).
             page.set_input_files("#file-input", files)
             page.fill("#batch-label", "Ward 4 morning")
             assert "4 files selected" in page.text_content("#selection")
@@ -102,10 +112,10 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, small_
             assert page.text_content("#zoom-level") == "100%"
 
             page.check('input[name="verdict_Edema"][value="disagree"]')
-            page.fill("#reviewer", "Dr Test")
             page.fill("#review-note", "Heatmap over the heart; no oedema.")
             page.click("#review-submit")
             page.wait_for_selector("#review-message >> text=off the worklist")
+            assert admin.username in page.text_content("#reviewer")
             page.screenshot(path=str(shots / "5-study-reviewed.png"), full_page=True)
 
             page.goto(url + "/worklist")

@@ -22,7 +22,9 @@ def client_ids(settings: Settings):  # type: ignore[no-untyped-def]
         other = add_study(session, batch, due_at=utc(9)).id
         queued = add_study(session, batch, status="queued").id
         session.commit()
-    return app.test_client(), settings, done, other, queued
+    client = app.test_client()
+    client.reviewer = app.config["TEST_ACCOUNT"].username  # type: ignore[attr-defined]
+    return client, settings, done, other, queued
 
 
 def test_review_is_recorded_and_takes_the_study_off_the_worklist(client_ids) -> None:  # type: ignore[no-untyped-def]
@@ -34,15 +36,17 @@ def test_review_is_recorded_and_takes_the_study_off_the_worklist(client_ids) -> 
     })
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
-    assert body["reviewer"] == "Dr Okafor" and body["verdicts"] == {"Effusion": "agree", "Pneumothorax": "disagree"}
+    # The reviewer is the logged-in account, not what the client claims.
+    reviewer = client.reviewer
+    assert body["reviewer"] == reviewer and body["verdicts"] == {"Effusion": "agree", "Pneumothorax": "disagree"}
     assert [s["id"] for s in client.get("/api/v1/worklist").get_json()["studies"]] == [other]
     assert [s["id"] for s in client.get("/api/v1/worklist?status=reviewed").get_json()["studies"]] == [done]
-    # A second review (no reviewer: accounts come later) adds to the trail; nothing is overwritten.
+    # A second review adds to the trail; nothing is overwritten.
     assert client.post(f"/api/v1/studies/{done}/review", json={}).status_code == 201
     detail = client.get(f"/api/v1/studies/{done}").get_json()
     assert detail["reviewed_at"] is not None and detail["status"] == "done"
     assert [(r["reviewer"], r["note"]) for r in detail["reviews"]] == [
-        ("Dr Okafor", "Small left effusion; no pneumothorax."), (None, None)]
+        (reviewer, "Small left effusion; no pneumothorax."), (reviewer, None)]
     with session_for(settings) as session:
         rows = list(session.scalars(select(Review).order_by(Review.id)))
         assert [r.study_id for r in rows] == [done, done] and rows[0].created_at is not None

@@ -11,6 +11,7 @@ import pytest
 
 from shared.config import Settings
 from shared.findings import FINDINGS
+from tests.conftest import make_account, token_client_class
 from tests.service_harness import delete_queue_keys, service_env, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,7 @@ def _run_batch(settings: Settings, redis_url: str, bundle: Path, images: list[Pa
     upgrade(settings.database_url)
     app = create_app(settings, celery=make_celery(settings, redis_url))
     app.config["TESTING"] = True
+    app.test_client_class = token_client_class(make_account(settings.database_url, "integration", "admin").token)
     client = app.test_client()
     env = service_env(settings, redis_url, bundle)
     try:

@@ -87,7 +87,7 @@ def service(settings: Settings) -> Iterator[tuple[str, Settings, list[str | None
     worker = StandInWorker.__new__(StandInWorker)
     app, _ = make_app(settings, producer=worker)
     StandInWorker.__init__(worker, settings)
-    auth: list[str | None] = []
+    auth: list[str | None] = [app.config["TEST_ACCOUNT"].token]  # then the Authorization headers seen
     app.before_request(lambda: auth.append(request.headers.get("Authorization")) and None)
     with serve(app) as url:
         yield url, settings, auth
@@ -121,7 +121,8 @@ def _studies(settings: Settings) -> int:
 def test_submit_folder_then_again_without_duplicates(service, folder: Path,  # type: ignore[no-untyped-def]
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     url, settings, auth = service
-    code = main(["submit", str(folder), "--url", url, "--token", "s3cret", "--chunk-files", "2", "--poll", "0.2"])
+    token = auth.pop(0)
+    code = main(["submit", str(folder), "--url", url, "--token", token, "--chunk-files", "2", "--poll", "0.2"])
     out, err = capsys.readouterr()
     assert code == 1, (out, err)  # one failed study and one rejected file
     assert "upload" in err and "diagnose" in err and "100%" in err, (out, err)  # the two tqdm bars
@@ -129,9 +130,12 @@ def test_submit_folder_then_again_without_duplicates(service, folder: Path,  # t
     assert "fail-" in out and "the image could not be decoded" in out
     assert "notes.txt: not a PNG, JPEG or DICOM file" in out
     assert _studies(settings) == 7  # 3 nested PNGs + failing PNG + JPEG + 2 from the zip; hidden ones skipped
-    assert auth and set(auth) == {"Bearer s3cret"}
+    assert auth and set(auth) == {f"Bearer {token}"}
+    assert main(["submit", str(folder), "--url", url, "--poll", "0.2", "--no-progress"]) == 2
+    assert "Authentication required" in capsys.readouterr()[1]  # no token: nothing is let in
+    assert _studies(settings) == 7
 
-    code = main(["submit", str(folder), "--url", url, "--poll", "0.2", "--no-progress"])
+    code = main(["submit", str(folder), "--url", url, "--token", token, "--poll", "0.2", "--no-progress"])
     out, _ = capsys.readouterr()
     # The failed file has no result, so it is diagnosed again (a new batch) and fails again.
     assert "0 done, 1 failed, 1 rejected, 6 already submitted" in out, out
@@ -140,7 +144,7 @@ def test_submit_folder_then_again_without_duplicates(service, folder: Path,  # t
     assert _studies(settings) == 8
 
     one = next((folder / "ward4").glob("*.png"))
-    code = main(["submit", str(one), "--url", url, "--rerun", "--poll", "0.2", "--no-progress"])
+    code = main(["submit", str(one), "--url", url, "--token", token, "--rerun", "--poll", "0.2", "--no-progress"])
     out, _ = capsys.readouterr()
     assert code == 0 and "1 done, 0 failed, 0 rejected, 0 already submitted" in out
     assert _studies(settings) == 9
@@ -159,6 +163,7 @@ def test_requests_over_the_server_limit_are_split(settings: Settings, nih_full_i
     try:
         with serve(app) as url:
             code = main(["submit", *map(str, nih_full_images[:6]), "--url", url, "--chunk-mb", "100",
+                         "--token", app.config["TEST_ACCOUNT"].token,
                          "--poll", "0.2", "--no-progress"])
     finally:
         worker.stop()

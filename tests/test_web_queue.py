@@ -11,6 +11,7 @@ import redis
 
 from shared.config import Settings
 from shared.queue import TASK_DIAGNOSE
+from tests.conftest import make_account, token_client_class
 from tests.service_harness import delete_queue_keys
 from tests.test_web_support import make_tables, upload
 
@@ -21,6 +22,7 @@ def test_messages_reach_the_real_broker(settings: Settings, redis_url: str, nih_
     settings = settings.with_overrides(redis_url=redis_url)
     make_tables(settings)
     app = create_app(settings)  # its own producer, from settings.redis_url
+    app.test_client_class = token_client_class(make_account(settings.database_url).token)
     client = redis.Redis.from_url(redis_url)
     try:
         files = [(p.read_bytes(), p.name) for p in nih_full_images[:2]] + [(b"junk", "junk.png")]

@@ -4,6 +4,7 @@ come from the ORM metadata (the app itself never creates tables), and a recordin
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.models import Base, Batch, Study, StudyStatus
+from tests.conftest import make_account, token_client_class
 
 
 @dataclass
@@ -39,7 +41,11 @@ def make_tables(settings: Settings) -> None:
     engine.dispose()
 
 
-def make_app(settings: Settings, producer: Any | None = None, tables: bool = True) -> tuple[Flask, Any]:
+def make_app(settings: Settings, producer: Any | None = None, tables: bool = True,
+             auth: bool | None = None) -> tuple[Flask, Any]:
+    """The app on `settings`. With `auth` (the default when `tables`) an admin account is made and every
+    test client of this app sends its Bearer token (`app.config["TEST_ACCOUNT"]`); `auth=False` leaves
+    clients anonymous, for the tests of authentication itself."""
     from web import create_app
 
     if tables:
@@ -47,6 +53,12 @@ def make_app(settings: Settings, producer: Any | None = None, tables: bool = Tru
     producer = producer if producer is not None else RecordingProducer()
     app = create_app(settings, celery=producer)
     app.config["TESTING"] = True
+    if auth is None:
+        auth = tables
+    if auth:
+        account = make_account(settings.database_url, f"tester-{uuid.uuid4().hex[:8]}", "admin")
+        app.config["TEST_ACCOUNT"] = account
+        app.test_client_class = token_client_class(account.token)
     return app, producer
 
 

@@ -43,11 +43,21 @@ def test_xray_up_runs_and_stops_cleanly(tmp_path: Path, nih_full_images: list[Pa
         descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert len(descendants) >= 3  # redis, worker, web at least
 
+        # Nobody is let in until the first admin exists, which the start-up message explains.
+        assert "xray user add NAME --role admin" in (tmp_path / "up.log").read_text()
         files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in nih_full_images[:2]]
-        response = requests.post(f"{base}/api/v1/batches", files=files, timeout=30)
+        assert requests.post(f"{base}/api/v1/batches", files=files, timeout=30).status_code == 401
+        cli = [sys.executable, "-m", "cli.main", "user"]
+        subprocess.run([*cli, "add", "first-admin", "--role", "admin", "--password-stdin"], env=env, cwd=PROJECT_ROOT,
+                       input=b"a long enough password\n", check=True, capture_output=True)
+        token = subprocess.run([*cli, "token", "first-admin"], env=env, cwd=PROJECT_ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        response = requests.post(f"{base}/api/v1/batches", files=files, headers=headers, timeout=30)
         assert response.status_code == 201, response.text
         batch_url = f"{base}/api/v1/batches/{response.json()['batch_id']}"
-        wait_until(lambda: requests.get(batch_url, timeout=10).json()["counts"].get("done", 0) == 2, 300,
+        wait_until(lambda: requests.get(batch_url, headers=headers, timeout=10).json()["counts"].get("done", 0) == 2,
+                   300,
                    interval_s=1.0, describe=lambda: (tmp_path / "up.log").read_text()[-3000:])
         descendants |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
     finally:

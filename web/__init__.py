@@ -1,4 +1,5 @@
-"""The web process (Flask): upload, batch progress, study results, the worklist, /healthz.
+"""The web process (Flask): upload, batch progress, study results, the worklist, /healthz; every
+route but /healthz, /login and static files behind a login (web/auth.py), audited (web/audit_hooks.py).
 
 It never imports TensorFlow or `worker`: studies are enqueued by task name through a Celery
 producer app (shared.queue). The app does not create tables; `xray db upgrade` does.
@@ -27,11 +28,14 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     from shared.queue import make_celery
     from shared.storage import Storage
     from web import api, health, media, pages
+    from web.audit_hooks import register_audit
+    from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
     from web.errors import register_error_handlers
     from web.security import register_security
 
     settings = settings or load_settings()
+    check_secret_key(settings)  # production mode and de-identification need SECRET_KEY: fail now, clearly
     if celery is None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set: the web process needs the Redis broker the workers use "
@@ -60,8 +64,10 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         celery=celery,
     )
     app.teardown_appcontext(close_db_session)
-    register_security(app)
+    register_security(app)  # the cross-site guard runs first, then the login gate (web/auth.py)
+    register_auth(app, settings)
     register_error_handlers(app)
     for blueprint in (api.bp, pages.bp, media.bp, health.bp):
         app.register_blueprint(blueprint)
+    register_audit(app)
     return app

@@ -19,15 +19,18 @@ Other routes:
   `finding`, `batch`, `from`, `to` (upload dates), `model_trained`, `q` (search); pages by `limit` and
   `after` (the `next_cursor` of the previous page) or `offset`. 400 names a bad parameter.
   GET /api/v1/worklist.csv: the same filters, every matching study (attachment).
-- POST /api/v1/studies/<id>/review: JSON `{"reviewer", "note", "verdicts": {label: "agree"|"disagree"}}`
-  (or the page's form). 201 with the review; 400 bad input; 404 no study; 409 the study is not done.
-Every error on /api/ is JSON `{"error": "..."}` (web/errors.py).
+- POST /api/v1/studies/<id>/review: JSON `{"note", "verdicts": {label: "agree"|"disagree"}}` (or the
+  page's form); the reviewer recorded is the logged-in account. 201 with the review; 400 bad input;
+  404 no study; 409 the study is not done.
+Every route needs a login or `Authorization: Bearer <token>` (401 without; 403 when the role does not
+allow it: web/auth.py, docs/SECURITY.md). Every error on /api/ is JSON `{"error": "..."}` (web/errors.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
@@ -36,6 +39,8 @@ from werkzeug.datastructures import FileStorage
 from shared.models import Batch
 from shared.queue import enqueue_diagnosis
 from web.archive import expand_zip, is_zip
+from web.audit_hooks import audited_export
+from web.auth import current_user
 from web.context import db_session, services
 from web.export import csv_lines
 from web.intake import IntakeError, IntakeResult, Rejection, Upload, ingest, sanitise_filename
@@ -101,6 +106,7 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
             batch_id=batch_id,
             label=label,
             rerun=_truthy(request.form.get("rerun")),
+            deidentify_key=svc.settings.secret_key if svc.settings.deidentify else None,
         )
     except IntakeError as exc:
         return jsonify(error=exc.message), exc.status_code
@@ -166,7 +172,11 @@ def review_study(study_id: int) -> tuple[Response, int]:
         abort(400, description="Send the review as a JSON object or a form.")
     session = db_session()
     try:
-        review = record_review(session, study_id, parse_review(body))
+        given = parse_review(body)
+        user = current_user()
+        # The reviewer is the logged-in account, whatever the client says.
+        given = replace(given, reviewer=user.username if user is not None else given.reviewer)
+        review = record_review(session, study_id, given)
         session.commit()
     except ReviewError as exc:
         session.rollback()
@@ -176,7 +186,9 @@ def review_study(study_id: int) -> tuple[Response, int]:
 
 def _csv_response(f: WorklistFilter, filename: str) -> Response:
     session = db_session()
-    lines = csv_lines(iter_studies(session, f))
+    # Each exported study is recorded in the audit log before its row is sent (web/audit_hooks.py).
+    rows = audited_export(iter_studies(session, f), {"format": "csv", "file": filename, "filters": f.as_query()})
+    lines = csv_lines(rows)
     return Response(stream_with_context(lines), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import ImageLimits
 from shared.db import session_scope
+from shared.deid import deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.models import Batch, Study, StudyStatus
 from shared.storage import Storage, StorageError
@@ -150,6 +151,7 @@ def ingest(
     batch_id: int | None = None,
     label: str | None = None,
     rerun: bool = False,
+    deidentify_key: str | None = None,
 ) -> IntakeResult:
     """Validate and store each upload, commit the accepted studies in one transaction, then enqueue.
 
@@ -159,6 +161,9 @@ def ingest(
     Unless `rerun`, a file whose sha256 matches an earlier (not failed) study, or an earlier file of
     this same upload, is answered with that study (`duplicate`) and not stored or queued again.
     Items that are already `Rejection`s (refused zip entries) are passed through to the result.
+    With `deidentify_key` (XRAY_DEIDENTIFY=1) each DICOM is de-identified before anything else
+    (shared.deid: the stored file and the database both hold the de-identified version) and every
+    study's stored file name becomes `study-<sha256 prefix>.<ext>` (a file name may name a patient).
     """
     pending: list[Study] = []
     slots: list[_Slot] = []
@@ -170,7 +175,7 @@ def ingest(
             if isinstance(upload, Rejection):
                 result.rejected.append(upload)
                 continue
-            slot = _take(upload, lookup, storage, limits, rerun, pending, seen, result)
+            slot = _take(upload, lookup, storage, limits, rerun, pending, seen, result, deidentify_key)
             if slot is not None:
                 slots.append(slot)
     except SQLAlchemyError as exc:
@@ -205,7 +210,8 @@ class _Slot:
 
 
 def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits, rerun: bool,
-          pending: list[Study], seen: dict[str, int], result: IntakeResult) -> _Slot | None:
+          pending: list[Study], seen: dict[str, int], result: IntakeResult,
+          deidentify_key: str | None = None) -> _Slot | None:
     """Validate one upload: a new pending Study, a duplicate, or a rejection (None)."""
     name = (upload.filename or "unnamed") if upload.display_safe else sanitise_filename(upload.filename)
     data = _read_capped(upload.stream, limits.max_bytes)
@@ -219,9 +225,20 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
         result.rejected.append(Rejection(name, str(exc)))
         return None
     except Exception:  # a bug reading one file must not fail the others
-        log.exception("inspecting upload %r failed", name)
+        # File names can name patients: the log names the upload by content hash only.
+        log.exception("inspecting an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
         result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
         return None
+    stored_name = name
+    if deidentify_key is not None:
+        try:
+            data, info = deidentify_upload(data, info, deidentify_key, limits)
+        except Exception:
+            log.exception("de-identifying an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
+            result.rejected.append(Rejection(name, "The DICOM file could not be de-identified, so it was not "
+                                                   "stored. Check that it opens in a DICOM viewer."))
+            return None
+        stored_name = f"study-{hashlib.sha256(data).hexdigest()[:12]}.{EXTENSIONS[info.format]}"
     digest = hashlib.sha256(data).hexdigest()
     if not rerun:
         if digest in seen:
@@ -232,10 +249,10 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     try:
         relpath = storage.put_original(data, EXTENSIONS[info.format])
     except StorageError as exc:
-        log.error("storing upload %r failed: %s", name, exc, exc_info=True)
+        log.error("storing an upload (sha256 %s) failed: %s", digest[:16], exc, exc_info=True)
         raise _storage_failure(exc) from exc
     seen.setdefault(digest, len(pending))
-    pending.append(_study_row(name, data, relpath, info))
+    pending.append(_study_row(stored_name, data, relpath, info))
     return _Slot(name, pending_index=len(pending) - 1)
 
 

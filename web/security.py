@@ -1,8 +1,8 @@
 """Response headers (CSP without inline scripts) and a cross-site request guard for the API.
 
-No cookies or sessions authenticate a request yet, but a browser on another site could still post
-files to a clinician's local server: unsafe requests whose Origin (or Sec-Fetch-Site) says
-cross-site are refused. Non-browser clients (the CLI, curl) send neither header and pass.
+A layer in front of the login gate and its CSRF tokens (web/auth.py): unsafe requests whose Origin
+(or Sec-Fetch-Site) says cross-site are refused before anything else. Non-browser clients (the CLI,
+curl) send neither header and pass on to the gate.
 """
 
 from __future__ import annotations

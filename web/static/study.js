@@ -137,10 +137,10 @@
     event.preventDefault();
     const data = new FormData(form);
     const verdicts = {};
-    const body = { verdicts, reviewer: null, note: null };
+    const body = { verdicts, note: null };  // the reviewer is the logged-in user (server side)
     for (const [key, value] of data.entries()) {
       if (key.startsWith("verdict_")) verdicts[key.slice(8)] = value;
-      else if ((key === "reviewer" || key === "note") && String(value).trim()) body[key] = String(value);
+      else if (key === "note" && String(value).trim()) body[key] = String(value);
     }
     const button = document.getElementById("review-submit");
     button.disabled = true;

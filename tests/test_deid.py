@@ -1,0 +1,119 @@
+"""De-identification (shared.deid): pseudonyms are keyed and consistent, UIDs deterministic and valid,
+dates and other identifiers gone, pixels intact, and the result still a DICOM the service accepts."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from shared.config import ImageLimits
+from shared.deid import Pseudonymiser, deidentify_dicom, deidentify_upload
+from shared.images import inspect_image, read_image
+from tests.dicom_factory import dicom_from_array, dicom_from_png
+
+KEY = "k" * 32
+IDENTIFIERS = {
+    "PatientID": "MRN-778812", "PatientName": "Smithers^Waylon", "AccessionNumber": "ACC55231",
+    "StudyDate": "20240105", "PatientBirthDate": "19610312", "InstitutionName": "St Elsewhere",
+    "ReferringPhysicianName": "Hibbert^Julius", "OperatorsName": "Nahasapeemapetilon^Apu",
+    "PatientAddress": "742 Evergreen Terrace", "StudyDescription": "CHEST PA for Waylon",
+}
+
+
+def _grey() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(96, 80), dtype=np.uint8)
+
+
+def _read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_pseudonyms_are_keyed_consistent_and_fit_their_vr() -> None:
+    a, b = Pseudonymiser(KEY), Pseudonymiser("another key" * 3)
+    assert a.patient_id("MRN-1") == a.patient_id(" MRN-1 ") == Pseudonymiser(KEY).patient_id("MRN-1")
+    assert a.patient_id("MRN-1") != a.patient_id("MRN-2")
+    assert a.patient_id("MRN-1") != b.patient_id("MRN-1")
+    assert len(a.accession_number("X" * 16)) <= 16  # SH
+    uid = a.uid("1.2.3.4.5")
+    assert re.fullmatch(r"2\.25\.[1-9][0-9]*", uid) and len(uid) <= 64
+    assert a.uid("1.2.3.4.5") == uid and a.uid("1.2.3.4.6") != uid
+    assert a.uid("1.2.840.10008.5.1.4.1.1.1.1") == "1.2.840.10008.5.1.4.1.1.1.1"  # a SOP class stays
+    with pytest.raises(ValueError, match="SECRET_KEY"):
+        Pseudonymiser("")
+
+
+def test_dicom_is_deidentified_and_pixels_are_untouched() -> None:
+    grey = _grey()
+    original = dicom_from_array(grey, metadata=IDENTIFIERS)
+    src = _read(original)
+    clean = deidentify_dicom(original, KEY)
+    ds = _read(clean)
+    pseudo = Pseudonymiser(KEY)
+    assert ds.PatientID == pseudo.patient_id("MRN-778812")
+    assert str(ds.PatientName) == pseudo.patient_name("Smithers^Waylon")
+    assert ds.AccessionNumber == pseudo.accession_number("ACC55231")
+    assert ds.StudyInstanceUID == pseudo.uid(src.StudyInstanceUID) != src.StudyInstanceUID
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == pseudo.uid(src.SOPInstanceUID)
+    assert ds.SOPClassUID == src.SOPClassUID
+    assert ds.StudyDate == "" and ds.PatientBirthDate == ""
+    for keyword in ("InstitutionName", "OperatorsName", "PatientAddress", "StudyDescription"):
+        assert keyword not in ds
+    assert ds.get("ReferringPhysicianName", "") == ""
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    for value in IDENTIFIERS.values():
+        assert value.encode() not in clean
+    assert src.StudyInstanceUID.encode() not in clean
+    assert ds.PixelData == src.PixelData
+    limits = ImageLimits()
+    assert np.array_equal(read_image(clean, limits).pixels, read_image(original, limits).pixels)
+    assert deidentify_dicom(original, KEY) == clean  # deterministic: a re-upload is the same file
+
+
+def test_private_tags_sequences_and_bare_datasets(data_dir: Path) -> None:
+    png = sorted((data_dir / "nih-full" / "images").glob("*.png"))
+    if not png:
+        pytest.skip("no NIH images")
+    original = dicom_from_png(png[0], metadata={"PatientID": "SEQ-PATIENT-9"}, preamble=False)
+    ds = pydicom.dcmread(io.BytesIO(original), force=True)
+    ds.add_new(0x00091010, "LO", "private Smithers")
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.1"
+    item.PatientName = "Nested^Name"
+    ds.SourceImageSequence = [item]
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    clean = deidentify_dicom(buffer.getvalue(), KEY)
+    assert clean[128:132] == b"DICM"  # a complete file now
+    out = _read(clean)
+    assert 0x00091010 not in out
+    nested = out.SourceImageSequence[0]
+    assert str(nested.PatientName) == Pseudonymiser(KEY).patient_name("Nested^Name")
+    assert nested.ReferencedSOPInstanceUID == Pseudonymiser(KEY).uid("1.2.826.0.1.3680043.99.1")
+    for needle in (b"Smithers", b"Nested^Name", b"SEQ-PATIENT-9"):
+        assert needle not in clean
+
+
+def test_deidentify_upload_rereads_metadata_and_leaves_png_alone() -> None:
+    limits = ImageLimits()
+    original = dicom_from_array(_grey(), metadata=IDENTIFIERS)
+    info = inspect_image(original, limits)
+    assert info.metadata is not None and info.metadata.patient_id == "MRN-778812"
+    clean, clean_info = deidentify_upload(original, info, KEY, limits)
+    assert clean_info.metadata is not None
+    assert clean_info.metadata.patient_id == Pseudonymiser(KEY).patient_id("MRN-778812")
+    assert clean_info.metadata.study_date is None
+    assert (clean_info.width, clean_info.height) == (info.width, info.height)
+    buffer = io.BytesIO()
+    Image.fromarray(_grey(), mode="L").save(buffer, format="PNG")
+    png = buffer.getvalue()
+    png_info = inspect_image(png, limits)
+    assert deidentify_upload(png, png_info, KEY, limits) == (png, png_info)
