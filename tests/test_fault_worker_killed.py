@@ -103,3 +103,61 @@ def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, bundle:
     finally:
         delete_queue_keys(redis_url, settings.queue_name)
         engine.dispose()
+
+
+def _large_png(side: int = 7000) -> bytes:
+    """A valid 49-megapixel PNG (under the 50,000,000 pixel limit): about half a second to decode,
+    so the test can see the study `processing` and kill the pool process while it is on it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.add.outer(np.arange(side), np.arange(side)) % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_study_that_kills_its_worker_every_time_ends_failed(settings: Settings, redis_url: str, bundle: Path,
+                                                            kermany_dir: Path, tmp_path: Path) -> None:
+    """A study whose pool process dies on every attempt (as an image that exhausts memory would) is
+    claimed at most XRAY_MAX_ATTEMPTS times and then ends `failed` with a reason instead of looping;
+    the studies behind it are diagnosed."""
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    storage = Storage(settings.storage_dir)
+    poison = insert_studies(factory, storage, [("huge.png", _large_png())], "poison", ["png"])[0]
+    others = insert_studies(factory, storage, kermany_payloads(kermany_dir, 503)[500:], "behind it")
+    producer = make_celery(settings, redis_url)
+    log_path = tmp_path / "worker.log"
+
+    def describe() -> str:
+        return f"{study_states(factory, [poison, *others])}; worker log tail:\n{log_tail(log_path)}"
+
+    try:
+        with worker_process(fault_env(settings, redis_url, bundle, XRAY_MAX_ATTEMPTS="3"), log_path) as proc:
+            for study_id in [poison, *others]:
+                enqueue_diagnosis(producer, study_id)
+            kills = 0
+            deadline = time.monotonic() + FINISH_TIMEOUT_S
+            while study_states(factory, [poison])[poison].status not in ("done", "failed"):
+                assert time.monotonic() < deadline, describe()
+                state = study_states(factory, [poison])[poison]
+                children = _pool_children(proc.pid)
+                if state.status == "processing" and state.attempts > kills and children:
+                    for child in children:
+                        os.kill(child.pid, signal.SIGKILL)
+                    kills = state.attempts
+                time.sleep(0.02)
+            wait_until(lambda: all_finished(factory, others), FINISH_TIMEOUT_S, describe=describe)
+            assert proc.poll() is None
+        state = study_states(factory, [poison])[poison]
+        assert kills == 3, describe()
+        assert state.status == "failed" and state.attempts == 3 and state.findings == 0, describe()
+        assert state.error is not None and state.error.startswith("gave up after 3 attempts: the worker stopped")
+        assert_done_exactly_once(factory, others)
+    finally:
+        delete_queue_keys(redis_url, settings.queue_name)
+        engine.dispose()
