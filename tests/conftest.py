@@ -170,3 +170,14 @@ def account_factory(settings: Settings) -> Callable[..., Account]:
         return make_account(settings.database_url, name, role)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def service_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained bundle at a small input size for tests of the service around the model (the
+    pipeline, queue and database are under test there, not the model): fast to load and to run."""
+    from shared.classifier import init_bundle
+
+    directory = tmp_path_factory.mktemp("bundle") / "untrained-96"
+    init_bundle(directory, input_size=96, seed=1)
+    return directory

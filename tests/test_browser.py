@@ -25,16 +25,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 TIMEOUT_MS = 300_000
 
 
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-96"
-    init_bundle(directory, input_size=96, seed=3)
-    return directory
-
-
-def test_upload_worklist_study_review(settings: Settings, redis_url: str, small_bundle: Path,
+def test_upload_worklist_study_review(settings: Settings, redis_url: str, service_bundle: Path,
                                       nih_full_images: list[Path], tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
@@ -54,7 +45,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, small_
         zf.write(nih_full_images[3], f"ward/bed1/{nih_full_images[3].name}")
         zf.writestr("__MACOSX/ward/._x.png", b"junk")
     files.append(str(archive))
-    env = service_env(settings, redis_url, small_bundle)
+    env = service_env(settings, redis_url, service_bundle)
     try:
         with worker_process(env, tmp_path / "worker.log"), serve(app) as url, \
                 sync_api.sync_playwright() as pw:

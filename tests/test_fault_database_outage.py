@@ -44,15 +44,6 @@ BATCH = 50
 OUTAGE_S = 8.0
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=6)
-    return directory
-
-
 @contextmanager
 def database_outage(database: str) -> Iterator[None]:
     """No connections to `database` inside the block (existing ones are terminated); allowed again after."""
@@ -71,7 +62,7 @@ def database_outage(database: str) -> Iterator[None]:
         admin.dispose()
 
 
-def test_database_outage_mid_batch(settings: Settings, redis_url: str, postgres_url: str, bundle: Path,
+def test_database_outage_mid_batch(settings: Settings, redis_url: str, postgres_url: str, service_bundle: Path,
                                    kermany_dir: Path, tmp_path: Path) -> None:
     settings = settings.with_overrides(database_url=postgres_url)
     database = postgres_url.rsplit("/", 1)[1]
@@ -91,7 +82,7 @@ def test_database_outage_mid_batch(settings: Settings, redis_url: str, postgres_
         return f"{counts}; worker log tail:\n{log_tail(log_path)}"
 
     try:
-        with worker_process(fault_env(settings, redis_url, bundle), log_path, concurrency=1) as proc:
+        with worker_process(fault_env(settings, redis_url, service_bundle), log_path, concurrency=1) as proc:
             for study_id in ids:
                 enqueue_diagnosis(producer, study_id)
             wait_until(lambda: count_by_status(factory, ids).get("done", 0) >= 5, FINISH_TIMEOUT_S,

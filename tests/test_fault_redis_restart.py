@@ -39,17 +39,8 @@ BATCH = 50
 DOWN_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=5)
-    return directory
-
-
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
-def test_redis_restart_mid_batch(settings: Settings, bundle: Path, kermany_dir: Path, tmp_path: Path,
+def test_redis_restart_mid_batch(settings: Settings, service_bundle: Path, kermany_dir: Path, tmp_path: Path,
                                  kill: bool) -> None:
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -66,7 +57,7 @@ def test_redis_restart_mid_batch(settings: Settings, bundle: Path, kermany_dir: 
     try:
         with own_redis(tmp_path / "redis") as server:
             producer = make_celery(settings, server.url)
-            with worker_process(fault_env(settings, server.url, bundle), log_path, concurrency=1) as proc:
+            with worker_process(fault_env(settings, server.url, service_bundle), log_path, concurrency=1) as proc:
                 for study_id in ids:
                     enqueue_diagnosis(producer, study_id)
                 wait_until(lambda: count_by_status(factory, ids).get("done", 0) >= 5, FINISH_TIMEOUT_S,

@@ -141,18 +141,9 @@ def test_upload_when_storage_root_cannot_be_created(settings: Settings, images: 
     assert blocker.read_bytes().startswith(b"a file where")
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=7)
-    return directory
-
-
 @pytest.mark.slow
 def test_worker_on_full_storage_retries_then_finishes_or_fails_with_reason(
-        settings: Settings, redis_url: str, bundle: Path, kermany_dir: Path, tmp_path: Path) -> None:
+        settings: Settings, redis_url: str, service_bundle: Path, kermany_dir: Path, tmp_path: Path) -> None:
     with tmpfs("8m") as mount:
         settings = settings.with_overrides(storage_dir=mount / "storage")
         upgrade(settings.database_url)
@@ -170,7 +161,7 @@ def test_worker_on_full_storage_retries_then_finishes_or_fails_with_reason(
 
         filler = fill_disk(mount)
         try:
-            with worker_process(fault_env(settings, redis_url, bundle, XRAY_MAX_ATTEMPTS="4"), log_path):
+            with worker_process(fault_env(settings, redis_url, service_bundle, XRAY_MAX_ATTEMPTS="4"), log_path):
                 for study_id in recover:
                     enqueue_diagnosis(producer, study_id)
 

@@ -40,15 +40,6 @@ pytestmark = pytest.mark.slow
 BATCH = 50
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=4)
-    return directory
-
-
 def _pool_children(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -56,7 +47,7 @@ def _pool_children(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, bundle: Path, kermany_dir: Path,
+def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, service_bundle: Path, kermany_dir: Path,
                                      tmp_path: Path) -> None:
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -70,7 +61,7 @@ def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, bundle:
         return f"{count_by_status(factory, ids)}; worker log tail:\n{log_tail(log_path)}"
 
     try:
-        with worker_process(fault_env(settings, redis_url, bundle), log_path, concurrency=1) as proc:
+        with worker_process(fault_env(settings, redis_url, service_bundle), log_path, concurrency=1) as proc:
             for study_id in ids:
                 enqueue_diagnosis(producer, study_id)
             # Wait until the pool is well into the batch, then kill its process while a study is in it.
@@ -119,7 +110,7 @@ def _large_png(side: int = 7000) -> bytes:
     return buffer.getvalue()
 
 
-def test_study_that_kills_its_worker_every_time_ends_failed(settings: Settings, redis_url: str, bundle: Path,
+def test_study_that_kills_its_worker_every_time_ends_failed(settings: Settings, redis_url: str, service_bundle: Path,
                                                             kermany_dir: Path, tmp_path: Path) -> None:
     """A study whose pool process dies on every attempt (as an image that exhausts memory would) is
     claimed at most XRAY_MAX_ATTEMPTS times and then ends `failed` with a reason instead of looping;
@@ -137,7 +128,7 @@ def test_study_that_kills_its_worker_every_time_ends_failed(settings: Settings, 
         return f"{study_states(factory, [poison, *others])}; worker log tail:\n{log_tail(log_path)}"
 
     try:
-        with worker_process(fault_env(settings, redis_url, bundle, XRAY_MAX_ATTEMPTS="3"), log_path) as proc:
+        with worker_process(fault_env(settings, redis_url, service_bundle, XRAY_MAX_ATTEMPTS="3"), log_path) as proc:
             for study_id in [poison, *others]:
                 enqueue_diagnosis(producer, study_id)
             kills = 0

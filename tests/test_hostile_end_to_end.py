@@ -115,15 +115,6 @@ def test_body_over_upload_limit_is_413_json_and_stores_nothing(settings: Setting
         assert session.scalar(select(func.count()).select_from(Batch)) == 0
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=8)
-    return directory
-
-
 def _claimed_format(data: bytes, filename: str) -> str:
     """The format a row would carry: sniffed when the bytes say, else what the file name claims."""
     try:
@@ -134,7 +125,7 @@ def _claimed_format(data: bytes, filename: str) -> str:
 
 @pytest.mark.slow
 def test_worker_fails_each_hostile_study_with_its_reason_and_keeps_going(
-        settings: Settings, redis_url: str, bundle: Path, kermany_dir: Path, tmp_path: Path) -> None:
+        settings: Settings, redis_url: str, service_bundle: Path, kermany_dir: Path, tmp_path: Path) -> None:
     cases = hostile_cases()
     valid = kermany_payloads(kermany_dir, 400 + len(cases))[400:]
     payloads: list[tuple[str, bytes]] = []
@@ -154,7 +145,7 @@ def test_worker_fails_each_hostile_study_with_its_reason_and_keeps_going(
         return f"{study_states(factory, ids)}; worker log tail:\n{log_tail(log_path)}"
 
     try:
-        with worker_process(fault_env(settings, redis_url, bundle), log_path) as proc:
+        with worker_process(fault_env(settings, redis_url, service_bundle), log_path) as proc:
             for study_id in ids:
                 enqueue_diagnosis(producer, study_id)
             wait_until(lambda: all_finished(factory, ids), 300, interval_s=1.0, describe=describe)

@@ -19,16 +19,6 @@ pytestmark = pytest.mark.slow
 BATCH_TIMEOUT_S = 600.0
 
 
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained bundle at a small input size: the pipeline is what is under test here."""
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-96"
-    init_bundle(directory, input_size=96, seed=1)
-    return directory
-
-
 def _run_batch(settings: Settings, redis_url: str, bundle: Path, images: list[Path], tmp_path: Path) -> None:
     from shared.migrate import upgrade
     from shared.queue import make_celery
@@ -78,15 +68,15 @@ def _run_batch(settings: Settings, redis_url: str, bundle: Path, images: list[Pa
     assert {s["id"] for s in worklist["studies"]} == {s["id"] for s in batch["studies"]}
 
 
-def test_batch_through_real_worker_sqlite(settings: Settings, redis_url: str, small_bundle: Path,
+def test_batch_through_real_worker_sqlite(settings: Settings, redis_url: str, service_bundle: Path,
                                           nih_full_images: list[Path], tmp_path: Path) -> None:
     assert len(nih_full_images) == 16
-    _run_batch(settings, redis_url, small_bundle, nih_full_images, tmp_path)
+    _run_batch(settings, redis_url, service_bundle, nih_full_images, tmp_path)
 
 
 @pytest.mark.postgres
 def test_batch_through_real_worker_postgres(settings: Settings, redis_url: str, postgres_url: str,
-                                            small_bundle: Path, nih_full_images: list[Path],
+                                            service_bundle: Path, nih_full_images: list[Path],
                                             tmp_path: Path) -> None:
-    _run_batch(settings.with_overrides(database_url=postgres_url), redis_url, small_bundle,
+    _run_batch(settings.with_overrides(database_url=postgres_url), redis_url, service_bundle,
                nih_full_images, tmp_path)

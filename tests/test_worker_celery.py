@@ -34,23 +34,14 @@ pytestmark = pytest.mark.slow
 FINISH_TIMEOUT_S = 300.0
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shared.classifier import init_bundle
-
-    directory = tmp_path_factory.mktemp("bundle") / "untrained-64"
-    init_bundle(directory, input_size=64, seed=2)
-    return directory
-
-
-def _env(settings: Settings, redis_url: str, bundle: Path) -> dict[str, str]:
+def _env(settings: Settings, redis_url: str, service_bundle: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "XRAY_VAR_DIR": str(settings.var_dir),
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": redis_url,
         "STORAGE_DIR": str(settings.storage_dir),
-        "MODEL_DIR": str(bundle),
+        "MODEL_DIR": str(service_bundle),
         "XRAY_QUEUE": settings.queue_name,
         "XRAY_RECONCILE_AFTER": "60",
         "OPENBLAS_NUM_THREADS": "1",
@@ -100,7 +91,7 @@ def _wait(predicate, timeout_s: float, describe) -> None:  # type: ignore[no-unt
         time.sleep(0.5)
 
 
-def _run(settings: Settings, redis_url: str, bundle: Path, images: list[Path], tmp_path: Path,
+def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[Path], tmp_path: Path,
          pool: str) -> None:
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -138,7 +129,7 @@ def _run(settings: Settings, redis_url: str, bundle: Path, images: list[Path], t
         return f"{statuses()}; worker log tail:\n{log_path.read_text(errors='replace')[-3000:]}"
 
     try:
-        with worker(_env(settings, redis_url, bundle), log_path, pool) as proc:
+        with worker(_env(settings, redis_url, service_bundle), log_path, pool) as proc:
             for study_id in sent_ids:
                 enqueue_diagnosis(producer, study_id)
             enqueue_diagnosis(producer, sent_ids[0])  # a duplicate delivery changes nothing
@@ -173,21 +164,21 @@ def _run(settings: Settings, redis_url: str, bundle: Path, images: list[Path], t
         engine.dispose()
 
 
-def test_celery_worker_sqlite_prefork(settings: Settings, redis_url: str, bundle: Path,
+def test_celery_worker_sqlite_prefork(settings: Settings, redis_url: str, service_bundle: Path,
                                       nih_full_images: list[Path], tmp_path: Path) -> None:
-    _run(settings, redis_url, bundle, nih_full_images[:3], tmp_path, pool="prefork")
+    _run(settings, redis_url, service_bundle, nih_full_images[:3], tmp_path, pool="prefork")
 
 
 @pytest.mark.postgres
-def test_celery_worker_postgres_solo(settings: Settings, redis_url: str, postgres_url: str, bundle: Path,
+def test_celery_worker_postgres_solo(settings: Settings, redis_url: str, postgres_url: str, service_bundle: Path,
                                      nih_full_images: list[Path], tmp_path: Path) -> None:
     settings = settings.with_overrides(database_url=postgres_url)
-    _run(settings, redis_url, bundle, nih_full_images[3:6], tmp_path, pool="solo")
+    _run(settings, redis_url, service_bundle, nih_full_images[3:6], tmp_path, pool="solo")
 
 
-def test_worker_refuses_to_start_without_redis_or_schema(settings: Settings, bundle: Path,
+def test_worker_refuses_to_start_without_redis_or_schema(settings: Settings, service_bundle: Path,
                                                          tmp_path: Path) -> None:
-    env = _env(settings, "", bundle)
+    env = _env(settings, "", service_bundle)
     env.pop("REDIS_URL")
     run = subprocess.run([sys.executable, "-m", "cli.main", "worker"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
