@@ -69,7 +69,7 @@ def test_metrics_with_undefined_findings_do_not_crash() -> None:
     low, high = metrics["per_finding"]["Effusion"]["auroc_ci95"]
     assert low <= metrics["per_finding"]["Effusion"]["auroc"] <= high
     text = markdown(None, {"split": "test", **metrics})
-    assert "| Hernia | 0 | n/a | n/a |" in text
+    assert "| Hernia | 0 (0) | n/a | n/a |" in text
 
 
 def test_metrics_are_reproducible_and_compare_finds_differences() -> None:

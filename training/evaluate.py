@@ -113,6 +113,7 @@ def classification_metrics(
         aurocs.append(value)
         per_finding[label] = {
             "n_positive": int(y.sum()),
+            "n_positive_patients": len({predictions.patients[i] for i in np.flatnonzero(y)}),
             "n_negative": int(len(y) - y.sum()),
             "auroc": _r(value),
             "auroc_ci95": [_r(low), _r(high)],

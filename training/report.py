@@ -22,6 +22,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _positives(m: dict[str, Any]) -> str:
+    patients = m.get("n_positive_patients")
+    return f"{m['n_positive']}" if patients is None else f"{m['n_positive']} ({patients})"
+
+
 def _threshold(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -79,22 +84,24 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
         f"Micro-averaged precision {_fmt(metrics['micro']['precision'])}, recall "
         f"{_fmt(metrics['micro']['recall'])}, F1 {_fmt(metrics['micro']['f1'])}.",
         "",
-        "| finding | positives | AUROC | 95% CI | threshold | precision | recall | F1 |",
+        "| finding | positives (patients) | AUROC | 95% CI | threshold | precision | recall | F1 |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for label in FINDINGS:
         m = metrics["per_finding"][label]
         lines.append(
-            f"| {label} | {m['n_positive']} | {_fmt(m['auroc'])} | {_ci(m['auroc_ci95'])} | "
+            f"| {label} | {_positives(m)} | {_fmt(m['auroc'])} | {_ci(m['auroc_ci95'])} | "
             f"{_threshold(m['threshold'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} |"
         )
     boot = metrics["bootstrap"]
     lines += [
         "",
         f"95% CI: percentile bootstrap over images, {boot['resamples']} resamples, seed {boot['seed']}. "
-        "n/a: no positives (or no negatives) in this split, so the value is undefined; no interval "
-        "with a single positive. With few positives the intervals are wide; read them before the "
-        "point estimates.",
+        "The bootstrap resamples images, not patients: where the positives come from one or two "
+        "patients (see the count in brackets) the interval understates the uncertainty. n/a: no "
+        "positives (or no negatives) in this split, so the value is undefined; no interval with a "
+        "single positive. With few positives the intervals are wide; read them before the point "
+        "estimates.",
     ]
     localisation = metrics.get("localisation")
     if localisation is not None:
