@@ -447,18 +447,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bundle {bundle} (version {card.version}, input {card.input_size}, trained {card.trained}); "
               f"{args.images} images (half nih-full, half kermany-224), {args.repeats} repeats + warm-up",
               flush=True)
-        if not args.skip_probes:
-            probes(args, runtimes, bundle, results)
-        in_process(args, runtimes, bundle, scratch, results)
-        if e2e:
-            end_to_end(args, e2e, bundle, scratch, results)
-        ceiling(results, runtimes, card.input_size, args.boost_ghz)
-        results.figures["load_average"] = {"before": load_before, "after": common.load_average()}
-        report(args, runtimes, e2e, results)
-        print(f"\nload average before {load_before}, after {common.load_average()}")
-    if args.json:
-        args.json.write_text(json.dumps({"figures": results.figures, "samples": results.samples}, indent=2,
-                                        default=str) + "\n")
+        try:
+            if not args.skip_probes:
+                probes(args, runtimes, bundle, results)
+            in_process(args, runtimes, bundle, scratch, results)
+            if e2e:
+                end_to_end(args, e2e, bundle, scratch, results)
+        finally:  # report what was measured even when a later part fails
+            ceiling(results, runtimes, card.input_size, args.boost_ghz)
+            results.figures["load_average"] = {"before": load_before, "after": common.load_average()}
+            report(args, runtimes, e2e, results)
+            print(f"\nload average before {load_before}, after {common.load_average()}")
+            if args.json:
+                args.json.write_text(json.dumps({"figures": results.figures, "samples": results.samples}, indent=2,
+                                                default=str) + "\n")
     return 0
 
 
