@@ -86,7 +86,7 @@ def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]
 
     from PIL import Image
 
-    from shared.gradcam import heatmap_layer_png, jet, upsample
+    from shared.gradcam import cam_from_png, cam_png, heatmap_layer_png, jet, upsample
 
     def layer_rgba(cam: np.ndarray, size: int) -> Image.Image:
         fine = np.clip(upsample(cam, size, size), 0.0, 1.0)
@@ -101,7 +101,10 @@ def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]
         return buffer.getvalue()
 
     variants = {
-        "PNG 256 px, level 1 (what the worker writes)": lambda c: heatmap_layer_png(c, 256),
+        "16-bit CAM PNG (what the worker writes now)": cam_png,
+        "layer rendered from the CAM PNG (what the web does per request)":
+            lambda c: heatmap_layer_png(cam_from_png(cam_png(c)), 256),
+        "RGBA PNG 256 px, level 1 (what the worker wrote before)": lambda c: heatmap_layer_png(c, 256),
         "PNG 128 px, level 1": lambda c: heatmap_layer_png(c, 128),
         "PNG 256 px, level 6": lambda c: encoded(layer_rgba(c, 256), "PNG", compress_level=6),
         "WebP 256 px, quality 80": lambda c: encoded(layer_rgba(c, 256), "WEBP", quality=80),

@@ -3,7 +3,8 @@
 Measures, on the same real images (nih-full 1024 px PNGs and kermany-224 JPEGs, half each):
 1. the bare forward pass of each runtime (batch 1 and --batch), in this process;
 2. the full worker path per study (worker.processing.process_study: read, decode, preprocess,
-   forward, CAMs and boxes for all 14 findings, 14 heatmap layers written, rows committed to SQLite);
+   forward, CAMs and boxes for all 14 findings, the 14 CAMs stored as 16-bit PNGs in one durable
+   step, rows committed to SQLite);
 3. end to end: a batch uploaded to the web API (gunicorn) until its last study is done, through a
    real Redis queue and `xray worker` with 1 and with 2 processes (one web, queue and database per
    configuration, all alive at once so that the configurations alternate within each repeat);
@@ -154,7 +155,7 @@ class WorkerPath:
 
 def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
     """Images/s of read_image + Diagnoser.diagnose (decode, preprocess, forward, 14 CAMs and boxes):
-    the worker path without heatmap layers, storage and database."""
+    the worker path without storing the CAMs and without the database."""
     from shared.config import ImageLimits
     from shared.images import read_image
 

@@ -13,6 +13,7 @@ Upsampling uses bilinear interpolation with half-pixel centres (cell centres at 
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import asdict, dataclass
 
@@ -21,8 +22,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 # Boxes are found on the map upsampled to at most this many samples per map cell along each axis
-# (at 224 input and 7 x 7 maps: the model's own 224 x 224 resolution), then scaled to the original.
-BOX_SAMPLES_PER_CELL = 32
+# (at 224 input and 7 x 7 maps: a 56 x 56 grid, one sample per 4 model pixels), then scaled to the
+# original. Box edges therefore fall on multiples of 1/8 of a cell (32 samples per cell gave the same
+# boxes to within that step, at 8x the cost: 12 ms instead of 1.5 ms for 14 maps).
+BOX_SAMPLES_PER_CELL = 8
+# A stored CAM is a 16-bit greyscale PNG: [0, 1] quantised to 0..65535 (error at most 1/131070).
+CAM_LEVELS = 65535
+MAX_CAM_SIDE = 64  # a stored map larger than this is refused (a 7 x 7 map is what the model gives)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,9 @@ def class_activation_maps(features: np.ndarray, kernel: np.ndarray) -> np.ndarra
     return (maps * scale).T.reshape(kernel.shape[1], h, w).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
 def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) bilinear weights with half-pixel centres, edges clamped."""
+    """(size_out, size_in) bilinear weights with half-pixel centres, edges clamped (cached, read-only)."""
     source = (np.arange(size_out, dtype=np.float64) + 0.5) * size_in / size_out - 0.5
     source = np.clip(source, 0.0, size_in - 1)
     low = np.floor(source).astype(np.int64)
@@ -65,7 +72,9 @@ def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
     rows = np.arange(size_out)
     np.add.at(matrix, (rows, low), 1.0 - frac)
     np.add.at(matrix, (rows, high), frac)
-    return matrix.astype(np.float32)
+    result = matrix.astype(np.float32)
+    result.flags.writeable = False
+    return result
 
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -112,6 +121,30 @@ def _png(image: Image.Image, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def cam_png(cam: np.ndarray) -> bytes:
+    """A low-resolution (h, w) map in [0, 1] as a 16-bit greyscale PNG (what the worker stores)."""
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 2 or not cam.size or not np.all(np.isfinite(cam)):
+        raise ValueError(f"expected a finite (h, w) map, got shape {cam.shape}")
+    levels = np.rint(np.clip(cam, 0.0, 1.0) * CAM_LEVELS).astype(np.uint16)
+    return _png(Image.fromarray(levels), compress_level=6)
+
+
+def cam_from_png(data: bytes) -> np.ndarray:
+    """The (h, w) float32 map in [0, 1] stored by `cam_png`. ValueError for anything else (e.g. an
+    RGBA heatmap layer written before CAMs were stored, or a map larger than MAX_CAM_SIDE)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG" or image.mode not in ("I;16", "I"):
+                raise ValueError(f"not a 16-bit greyscale CAM PNG ({image.format} {image.mode})")
+            if max(image.size) > MAX_CAM_SIDE:
+                raise ValueError(f"a CAM of {image.size[0]} x {image.size[1]} is larger than {MAX_CAM_SIDE}")
+            levels = np.asarray(image, dtype=np.float64)
+    except (OSError, SyntaxError) as exc:  # Pillow's errors for bytes it cannot read
+        raise ValueError(f"not a readable PNG: {exc}") from exc
+    return (np.clip(levels, 0, CAM_LEVELS) / CAM_LEVELS).astype(np.float32)
 
 
 def heatmap_layer_png(cam: np.ndarray, size: int = 256) -> bytes:

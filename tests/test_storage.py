@@ -129,3 +129,53 @@ def test_disk_full_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pyte
     # No temporary files, no partial original; the earlier heatmap is intact.
     assert _all_files(tmp_path) == [storage.path(kept)]
     assert storage.read(kept) == b"the complete earlier version"
+
+
+def test_put_heatmaps_writes_a_study_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = Storage(tmp_path)
+    files = {f"Label_{i}": bytes([i]) * (100 + i) for i in range(14)}
+    synced: list[bool] = []  # True for a folder, False for a file
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    paths = storage.put_heatmaps(9, files)
+    monkeypatch.undo()
+    assert paths == {label: f"heatmaps/9/{label}.png" for label in files}
+    for label, data in files.items():
+        assert storage.read(paths[label]) == data
+    assert _all_files(tmp_path) == sorted(storage.path(p) for p in paths.values())
+    # Every file's data, then the study folder once (and its parent, the folder being new).
+    assert synced.count(False) == 14 and synced.count(True) == 2 and synced[:14] == [False] * 14
+
+
+def test_put_heatmaps_error_midway_leaves_nothing_half_written(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = Storage(tmp_path)
+    kept = storage.put_heatmaps(3, {"Edema": b"earlier Edema", "Mass": b"earlier Mass"})
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_on_third(fd: int, data: bytes | memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_on_third)
+    with pytest.raises(StorageError) as caught:
+        storage.put_heatmaps(3, {"Edema": b"new Edema", "Mass": b"new Mass", "Hernia": b"new Hernia"})
+    monkeypatch.undo()
+    assert caught.value.message == FULL_MESSAGE
+    # The two temporary files already written are gone; no stored file changed, none was added.
+    assert _all_files(tmp_path) == sorted(storage.path(p) for p in kept.values())
+    assert storage.read(kept["Edema"]) == b"earlier Edema" and storage.read(kept["Mass"]) == b"earlier Mass"
+
+
+def test_put_heatmaps_refuses_a_bad_label_before_writing_any(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="refused the heatmap label"):
+        Storage(tmp_path).put_heatmaps(1, {"Mass": b"x", "../escape": b"y"})
+    assert _all_files(tmp_path) == []

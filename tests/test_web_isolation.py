@@ -24,6 +24,17 @@ def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_ima
         png = open({str(nih_full_images[0])!r}, "rb").read()
         body = upload(client, [(png, "a.png")]).get_json()
         study = body["accepted"][0]["id"]
+        import numpy as np
+        from shared.gradcam import cam_png  # what the worker stores; the web renders the layer
+        from shared.models import Finding
+        from shared.storage import Storage
+        from tests.test_web_support import session_for
+        with session_for(settings) as session:
+            path = Storage(settings.storage_dir).put_heatmap(study, "Mass", cam_png(np.eye(7)))
+            session.add(Finding(study_id=study, label="Mass", probability=0.9, threshold=0.5, positive=True,
+                                heatmap_path=path))
+            session.commit()
+        assert client.get(f"/studies/{{study}}/heatmaps/Mass.png").status_code == 200
         for url in ["/", "/worklist", f"/studies/{{study}}", f"/studies/{{study}}/image",
                     f"/api/v1/studies/{{study}}", f"/api/v1/batches/{{body['batch_id']}}",
                     "/api/v1/worklist", "/healthz"]:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings
+from shared.gradcam import cam_png, heatmap_layer_png
 from shared.models import Batch, Finding
 from shared.storage import Storage
 from tests.test_web_support import add_study, make_app, session_for, upload
@@ -110,13 +111,55 @@ def _heatmap_png() -> bytes:
     return out.getvalue()
 
 
-def test_heatmap_is_served_from_storage(settings: Settings) -> None:
+def _cam() -> np.ndarray:
+    cam = np.zeros((7, 7), np.float32)
+    cam[2, 4], cam[3, 4] = 1.0, 0.6
+    return cam
+
+
+def test_heatmap_layer_is_rendered_from_the_stored_cam(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    # The layer the worker used to store, rendered from the 16-bit CAM (within one level).
+    expected = np.asarray(Image.open(io.BytesIO(heatmap_layer_png(_cam())))).astype(int)
+    served = np.asarray(Image.open(io.BytesIO(response.data)))
+    assert served.shape == (256, 256, 4)
+    assert np.max(np.abs(served.astype(int) - expected)) <= 1
+    assert response.headers["Cache-Control"] in ("private, max-age=86400", "max-age=86400, private")
+
+
+def test_heatmap_has_a_strong_etag_and_answers_304(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    client = app.test_client()
+    url = f"/studies/{study_id}/heatmaps/Effusion.png"
+    first = client.get(url)
+    etag = first.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    again = client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    assert again.headers["ETag"] == etag and "private" in again.headers["Cache-Control"]
+    assert client.get(url, headers={"If-None-Match": '"something-else"'}).status_code == 200
+    # Another map, another tag.
+    other = _study_with_heatmap(settings, cam_png(_cam()[::-1]))
+    assert client.get(f"/studies/{other}/heatmaps/Effusion.png").headers["ETag"] != etag
+
+
+def test_layer_stored_before_cams_is_served_as_stored(settings: Settings) -> None:
     app, _ = make_app(settings)
     layer = _heatmap_png()
     study_id = _study_with_heatmap(settings, layer)
     response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert response.data == layer
+
+
+def test_unreadable_heatmap_is_404(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    study_id = _study_with_heatmap(settings, b"neither a CAM nor a PNG")
+    assert app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png").status_code == 404
 
 
 @pytest.mark.parametrize("path", [
@@ -129,13 +172,13 @@ def test_heatmap_is_served_from_storage(settings: Settings) -> None:
 ])
 def test_heatmap_and_image_404s(settings: Settings, path: str) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, _heatmap_png())
+    study_id = _study_with_heatmap(settings, cam_png(_cam()))
     assert app.test_client().get(path.format(id=study_id)).status_code == 404
 
 
 def test_missing_files_are_404_not_500(settings: Settings) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, _heatmap_png())
+    study_id = _study_with_heatmap(settings, cam_png(_cam()))
     for path in (settings.storage_dir / "heatmaps").rglob("*.png"):
         path.unlink()
     client = app.test_client()

@@ -16,6 +16,7 @@ from sqlalchemy import select, text, update
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.findings import FINDINGS, URGENCY
+from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.storage import Storage
@@ -96,9 +97,12 @@ def test_real_images_done_with_14_findings_and_heatmaps(db, storage, diagnoser, 
         for _, label, probability, heatmap in findings:
             assert 0.0 <= probability <= 1.0
             assert heatmap == f"heatmaps/{study_id}/{label}.png"
-            with Image.open(storage.path(heatmap)) as layer:
-                layer.load()
-                assert layer.mode == "RGBA" and layer.size == (256, 256)
+            # The stored heatmap is the finding's low-resolution CAM (2 x 2 at 64 px input), 16-bit.
+            cam = cam_from_png(storage.read(heatmap))
+            assert cam.shape == (2, 2) and cam.min() >= 0.0 and cam.max() <= 1.0
+            assert cam.max() in (0.0, 1.0)  # each map is divided by its maximum
+        assert any(cam_from_png(storage.read(h)).max() == 1.0 for _, _, _, h in findings)
+        assert not list(storage.path(f"heatmaps/{study_id}").glob(".tmp-*"))
 
 
 def test_second_delivery_changes_nothing(db, storage, diagnoser, settings: Settings,

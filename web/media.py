@@ -1,7 +1,15 @@
-"""The X-ray and its heatmap layers, served by the app from storage (never from a public folder)."""
+"""The X-ray and its heatmap layers, served by the app from storage (never from a public folder).
+
+A heatmap layer is rendered on request from the finding's stored CAM (a 16-bit greyscale PNG of the
+low-resolution map, written by the worker): `heatmap_layer_png(cam_from_png(...))`, the same RGBA
+layer the worker used to store. The stored CAM never changes once a study is done, so the layer has
+a strong ETag (the stored bytes' sha256 and the renderer's version) and may be cached for a day;
+If-None-Match answers 304 without rendering. Layers stored before CAMs were (RGBA PNGs) are served
+as stored."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 
@@ -10,14 +18,18 @@ from sqlalchemy import select
 
 from shared.findings import FINDINGS
 from shared.models import Finding, Study
-from shared.storage import StorageError
+from shared.storage import StorageError, StoredFileMissing
 from web.context import db_session, services
 
 bp = Blueprint("media", __name__)
 log = logging.getLogger(__name__)
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIMETYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 MAX_AGE_S = 3600
+HEATMAP_MAX_AGE_S = 86400
+# Part of every heatmap ETag: change it when heatmap_layer_png draws differently.
+HEATMAP_RENDERER = "layer256-v1"
 
 
 def _private(response: Response) -> Response:
@@ -79,11 +91,36 @@ def heatmap(study_id: int, label: str) -> Response:
     )
     if finding is None or not finding.heatmap_path:
         abort(404, description=f"No {label} heatmap for study {study_id}.")
+    stored = _read_heatmap(finding.id, finding.heatmap_path)
+    etag = f"{hashlib.sha256(stored).hexdigest()[:32]}-{HEATMAP_RENDERER}"
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+    else:
+        response = Response(_heatmap_layer(stored), mimetype="image/png")
+    response.set_etag(etag)
+    response.cache_control.max_age = HEATMAP_MAX_AGE_S
+    return _private(response)
+
+
+def _read_heatmap(finding_id: int, relpath: str) -> bytes:
     try:
-        path = services().storage.path(finding.heatmap_path)
+        return services().storage.read(relpath)
+    except StoredFileMissing:
+        abort(404, description="The heatmap file is missing.")
     except StorageError:
-        log.error("finding %d has an invalid heatmap path %r", finding.id, finding.heatmap_path)
+        log.error("finding %d: cannot read its heatmap %r", finding_id, relpath)
         abort(404, description="The heatmap file is missing.")
-    if not path.is_file():
-        abort(404, description="The heatmap file is missing.")
-    return _private(send_file(path, mimetype="image/png", conditional=True, max_age=MAX_AGE_S))
+
+
+def _heatmap_layer(stored: bytes) -> bytes:
+    """The colour layer for a stored CAM; an RGBA layer stored before CAMs were, as it is."""
+    from shared.gradcam import cam_from_png, heatmap_layer_png  # numpy, scipy, Pillow: no TensorFlow
+
+    try:
+        cam = cam_from_png(stored)
+    except ValueError:
+        if stored.startswith(PNG_SIGNATURE):
+            return stored
+        log.error("a stored heatmap is neither a CAM nor a PNG layer")
+        abort(404, description="The heatmap file is unreadable.")
+    return heatmap_layer_png(cam)

@@ -4,7 +4,8 @@
 1. claims the study in one atomic UPDATE (queued/processing -> processing, attempts += 1,
    started_at); a done or failed study is left as it is (idempotent redelivery);
 2. reads the original from storage, decodes it (`shared.images.read_image`), diagnoses it;
-3. writes the 14 heatmap layers through `Storage.put_heatmap`;
+3. stores each finding's low-resolution CAM as a tiny 16-bit PNG (`shared.gradcam.cam_png`), all 14
+   in one durable step (`Storage.put_heatmaps`); the web renders the colour layer on request;
 4. in ONE transaction writes the 14 Finding rows and status done with model version, timings,
    urgency and due_at, but only if no other delivery finished the study meanwhile.
 
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.gradcam import heatmap_layer_png
+from shared.gradcam import cam_png
 from shared.images import InvalidImage, read_image
 from shared.models import Finding, Study, StudyStatus
 from shared.storage import Storage, StorageError, StoredFileMissing
@@ -188,16 +189,13 @@ def _diagnose_and_record(session_factory: sessionmaker[Session], storage: Storag
 
 def _write_heatmaps(storage: Storage, study_id: int,
                     diagnosis: Diagnosis) -> tuple[dict[str, str], float, float]:
-    paths: dict[str, str] = {}
-    render_ms = write_ms = 0.0
-    for finding in diagnosis.findings:
-        start = time.perf_counter()
-        png = heatmap_layer_png(finding.cam)
-        render_ms += _ms_since(start)
-        start = time.perf_counter()
-        paths[finding.label] = storage.put_heatmap(study_id, finding.label, png)
-        write_ms += _ms_since(start)
-    return paths, render_ms, write_ms
+    """Each finding's CAM as a 16-bit PNG, all written at once: paths, encode ms, write ms."""
+    start = time.perf_counter()
+    files = {finding.label: cam_png(finding.cam) for finding in diagnosis.findings}
+    encode_ms = _ms_since(start)
+    start = time.perf_counter()
+    paths = storage.put_heatmaps(study_id, files)
+    return paths, encode_ms, _ms_since(start)
 
 
 def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Diagnosis,
