@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import PROJECT_ROOT, Settings, load_settings
+from tests.service_harness import delete_queue_keys, service_env, stop_process_group  # noqa: F401 (bench API)
 
 DATA_DIR = Path(os.environ.get("XRAY_TEST_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 BENCH_REDIS_URL = os.environ.get("XRAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -112,37 +112,8 @@ def bench_settings(scratch: Path) -> Settings:
     })
 
 
-def service_env(settings: Settings, redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "XRAY_VAR_DIR": str(settings.var_dir),
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": redis_url,
-        "STORAGE_DIR": str(settings.storage_dir),
-        "MODEL_DIR": str(model_dir),
-        "XRAY_QUEUE": settings.queue_name,
-        "OPENBLAS_NUM_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        **extra,
-    })
-    return env
 
 
-def delete_queue_keys(redis_url: str, queue_name: str) -> None:
-    """Remove this benchmark's queue keys (and kombu's bindings for it); nothing else."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{queue_name}*"))
-    for key in client.scan_iter(match="_kombu.binding.*"):
-        if queue_name.encode() in key:
-            keys.append(key)
-            continue
-        for member in client.smembers(key):
-            if queue_name.encode() in member:
-                client.srem(key, member)
-    if keys:
-        client.delete(*keys)
 
 
 @contextmanager
@@ -158,16 +129,6 @@ def process(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[su
         log.close()
 
 
-def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace_s)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 def worker_argv(concurrency: int) -> list[str]:

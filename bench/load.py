@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench.common import bench_token
 from shared.config import PROJECT_ROOT
+from tests.service_harness import delete_queue_keys
 
 DATA_DIR = Path(os.environ.get("XRAY_TEST_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 REDIS_URL = os.environ.get("XRAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -100,18 +101,6 @@ def fresh_postgres() -> Iterator[str]:
         admin.dispose()
 
 
-def delete_queue_keys(redis_url: str, queue_name: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = [k for k in client.scan_iter(match=f"*{queue_name}*")]
-    if keys:
-        client.delete(*keys)
-    for key in client.scan_iter(match="_kombu.binding*", _type="set"):
-        for member in client.smembers(key):
-            if queue_name.encode() in member:
-                client.srem(key, member)
-    client.close()
 
 
 @contextmanager

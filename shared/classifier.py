@@ -293,7 +293,37 @@ def read_card(directory: str | Path) -> ModelCard:
 # ----------------------------------------------------------------------------- serving
 
 
-class Classifier:
+class CardBacked:
+    """What every predictor derives from its card: version, training flag, input size, labels,
+    thresholds (in label order) and the one preprocessing. Subclasses set `self.card`."""
+
+    card: ModelCard
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def trained(self) -> bool:
+        return self.card.trained
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.card.labels)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.asarray([self.card.thresholds[label] for label in self.labels], dtype=np.float32)
+
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        return preprocess(pixels, self.input_size)
+
+
+class Classifier(CardBacked):
     """A loaded bundle with one compiled forward pass (fixed input signature, no retracing)."""
 
     def __init__(self, model: keras.Model, card: ModelCard) -> None:
@@ -331,32 +361,9 @@ class Classifier:
         return cls(model, card)
 
     @property
-    def version(self) -> str:
-        return self.card.version
-
-    @property
-    def trained(self) -> bool:
-        return self.card.trained
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self.card.labels)
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.asarray([self.card.thresholds[label] for label in self.labels], dtype=np.float32)
-
-    @property
     def tracing_count(self) -> int:
         """How many times the forward pass was traced (stays 1 once called)."""
         return int(self._forward.experimental_get_tracing_count())
-
-    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        return preprocess(pixels, self.input_size)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) preprocessed -> (probabilities (N, 14), features (N, h, w, 2048)), numpy."""

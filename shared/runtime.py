@@ -36,9 +36,9 @@ import numpy as np
 from shared.classifier import (
     PROBABILITIES_LAYER,
     BundleError,
+    CardBacked,
     ModelCard,
     file_version,
-    preprocess,
     read_card,
 )
 
@@ -182,7 +182,7 @@ def configure_tensorflow_threads(threads: int) -> None:
         log.warning("TensorFlow is already initialised; keeping its thread settings")
 
 
-class TensorFlowPredictor:
+class TensorFlowPredictor(CardBacked):
     """`Classifier` (one tf.function) with its thread count set for this process."""
 
     def __init__(self, classifier: Classifier, choice: RuntimeChoice) -> None:
@@ -199,15 +199,7 @@ class TensorFlowPredictor:
         configure_tensorflow_threads(choice.threads)
         return cls(Classifier.load(model_dir), choice)
 
-    version = property(lambda self: self.classifier.version)
-    trained = property(lambda self: self.classifier.trained)
-    input_size = property(lambda self: self.classifier.input_size)
-    labels = property(lambda self: self.classifier.labels)
-    thresholds = property(lambda self: self.classifier.thresholds)
     runtime_name = property(lambda self: self.choice.name)
-
-    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        return self.classifier.preprocess(pixels)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.classifier.predict(batch)
@@ -271,7 +263,7 @@ def read_dense_weights(weights_path: Path) -> tuple[np.ndarray, np.ndarray]:
         return stored[f"w{k:04d}"].astype(np.float32), stored[f"w{b:04d}"].astype(np.float32)
 
 
-class OpenVINOPredictor:
+class OpenVINOPredictor(CardBacked):
     """The bundle's model compiled by OpenVINO for this CPU, same interface as Classifier."""
 
     def __init__(self, card: ModelCard, compiled: Any, kernel: np.ndarray, bias: np.ndarray,
@@ -315,35 +307,12 @@ class OpenVINOPredictor:
         return cls(card, compiled, kernel, bias, choice)
 
     @property
-    def version(self) -> str:
-        return self.card.version
-
-    @property
-    def trained(self) -> bool:
-        return self.card.trained
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self.card.labels)
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.asarray([self.card.thresholds[label] for label in self.labels], dtype=np.float32)
-
-    @property
     def runtime_name(self) -> str:
         return self.choice.name
 
     def compiled_property(self, name: str) -> Any:
         """A property of the compiled model as OpenVINO applied it (e.g. INFERENCE_NUM_THREADS)."""
         return self._compiled.get_property(name)
-
-    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        return preprocess(pixels, self.input_size)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) preprocessed -> (probabilities (N, 14), features (N, h, w, 2048)), numpy."""

@@ -1,5 +1,5 @@
-"""Real processes for integration tests: a Celery worker subprocess on the real Redis, and clean-up
-that removes only the keys this test run wrote."""
+"""Real processes for integration tests and benchmarks (bench/ imports it too): a Celery worker
+subprocess on the real Redis, and clean-up that removes only the keys this run wrote."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from shared.config import PROJECT_ROOT, Settings
 WORKER_START_TIMEOUT_S = 180.0
 
 
-def service_env(settings: Settings, redis_url: str, model_dir: Path) -> dict[str, str]:
+def service_env(settings: Settings, redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
     """The environment a worker (or web) process needs: exactly what a second machine would get."""
     env = dict(os.environ)
     env.update({
@@ -29,6 +29,7 @@ def service_env(settings: Settings, redis_url: str, model_dir: Path) -> dict[str
         "XRAY_QUEUE": settings.queue_name,
         "OPENBLAS_NUM_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **extra,
     })
     return env
 
