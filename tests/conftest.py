@@ -4,6 +4,7 @@ name and PostgreSQL database, and removes only what it wrote)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -55,13 +56,24 @@ def kermany_dir(data_dir: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings on a fresh folder: SQLite database and storage under tmp_path, own queue name."""
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a fresh folder: SQLite database and storage under tmp_path, own queue name. Whatever
+    the test left on its queue in the test Redis database is removed afterwards (only its own keys)."""
     env = {
         "XRAY_VAR_DIR": str(tmp_path / "var"),
         "XRAY_QUEUE": f"xray.test.{uuid.uuid4().hex[:8]}",
     }
-    return load_settings(env)
+    value = load_settings(env)
+    yield value
+    if _redis_up():
+        from tests.service_harness import delete_queue_keys
+
+        delete_queue_keys(TEST_REDIS_URL, value.queue_name)
+
+
+@functools.cache
+def _redis_up() -> bool:
+    return redis_available()
 
 
 def redis_available(url: str = TEST_REDIS_URL) -> bool:
