@@ -86,14 +86,8 @@ def split_by_patient(
     buckets: list[list[str]] = [[], [], []]
     for image, patient in zip(table.images, table.patients, strict=True):
         buckets[_assign(patient_fraction(patient, salt), shares)].append(image)
-    split = Split(
-        train=tuple(sorted(buckets[0])),
-        validation=tuple(sorted(buckets[1])),
-        test=tuple(sorted(buckets[2])),
-        method=f"sha256('{salt}:'+Patient ID) fractions {'/'.join(f'{f:g}' for f in fractions)}",
-    )
-    assert_patient_disjoint(split, table)
-    return split
+    method = f"sha256('{salt}:'+Patient ID) fractions {'/'.join(f'{f:g}' for f in fractions)}"
+    return _checked_split(buckets, method, table)
 
 
 def _read_list(path: Path) -> set[str]:
@@ -124,12 +118,14 @@ def split_from_lists(
             buckets[2].append(image)
         elif image in train_val:
             buckets[_assign(patient_fraction(patient, salt), shares)].append(image)
-    split = Split(
-        train=tuple(sorted(buckets[0])),
-        validation=tuple(sorted(buckets[1])),
-        test=tuple(sorted(buckets[2])),
-        method=f"NIH {TEST_LIST}; validation {validation_fraction:g} of {TRAIN_VAL_LIST} patients by sha256",
-    )
+    method = f"NIH {TEST_LIST}; validation {validation_fraction:g} of {TRAIN_VAL_LIST} patients by sha256"
+    return _checked_split(buckets, method, table)
+
+
+def _checked_split(buckets: list[list[str]], method: str, table: LabelTable) -> Split:
+    """Train/validation/test from three buckets of image names, refused if a patient is in two."""
+    split = Split(train=tuple(sorted(buckets[0])), validation=tuple(sorted(buckets[1])),
+                  test=tuple(sorted(buckets[2])), method=method)
     assert_patient_disjoint(split, table)
     return split
 
