@@ -86,7 +86,7 @@ def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]
 
     from PIL import Image
 
-    from shared.gradcam import cam_from_png, cam_png, heatmap_layer_png, jet, upsample
+    from shared.gradcam import cam_from_png, cam_sheet_png, heatmap_layer_png, jet, upsample
 
     def layer_rgba(cam: np.ndarray, size: int) -> Image.Image:
         fine = np.clip(upsample(cam, size, size), 0.0, 1.0)
@@ -100,21 +100,32 @@ def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]
         image.save(buffer, format=fmt, **options)
         return buffer.getvalue()
 
+    labels = [f"map{k}" for k in range(len(cams))]
+
+    def each(encode_one: Any) -> Any:
+        return lambda maps: [encode_one(cam) for cam in maps]
+
+    def sheet(maps: Any) -> list[bytes]:
+        return [cam_sheet_png(dict(zip(labels, maps, strict=True)))]
+
+    def rendered(maps: Any) -> list[bytes]:
+        stored = sheet(maps)[0]
+        return [heatmap_layer_png(cam_from_png(stored, label), 256) for label in labels]
+
     variants = {
-        "16-bit CAM PNG (what the worker writes now)": cam_png,
-        "layer rendered from the CAM PNG (what the web does per request)":
-            lambda c: heatmap_layer_png(cam_from_png(cam_png(c)), 256),
-        "RGBA PNG 256 px, level 1 (what the worker wrote before)": lambda c: heatmap_layer_png(c, 256),
-        "PNG 128 px, level 1": lambda c: heatmap_layer_png(c, 128),
-        "PNG 256 px, level 6": lambda c: encoded(layer_rgba(c, 256), "PNG", compress_level=6),
-        "WebP 256 px, quality 80": lambda c: encoded(layer_rgba(c, 256), "WEBP", quality=80),
+        "one 16-bit CAM sheet PNG (what the worker writes now)": sheet,
+        "layers rendered from the sheet (what the web does, one per request)": rendered,
+        "RGBA PNG 256 px, level 1 (what the worker wrote before)": each(lambda c: heatmap_layer_png(c, 256)),
+        "PNG 128 px, level 1": each(lambda c: heatmap_layer_png(c, 128)),
+        "PNG 256 px, level 6": each(lambda c: encoded(layer_rgba(c, 256), "PNG", compress_level=6)),
+        "WebP 256 px, quality 80": each(lambda c: encoded(layer_rgba(c, 256), "WEBP", quality=80)),
     }
     rows = []
     for name, encode in variants.items():
         times, size = [], 0
         for _ in range(repeats):
             start = time.perf_counter()
-            size = sum(len(encode(cam)) for cam in cams)
+            size = sum(len(data) for data in encode(cams))
             times.append((time.perf_counter() - start) * 1000.0)
         rows.append({"variant": name, "ms_per_study": float(np.median(times)), "kb_per_study": size / 1000})
     return rows

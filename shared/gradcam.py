@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 import io
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 from scipy import ndimage
 
 # Boxes are found on the map upsampled to at most this many samples per map cell along each axis
@@ -29,6 +31,8 @@ BOX_SAMPLES_PER_CELL = 8
 # A stored CAM is a 16-bit greyscale PNG: [0, 1] quantised to 0..65535 (error at most 1/131070).
 CAM_LEVELS = 65535
 MAX_CAM_SIDE = 64  # a stored map larger than this is refused (a 7 x 7 map is what the model gives)
+CAM_SHEET_KEY = "xray-cams"  # the PNG text chunk naming a CAM sheet's maps, top to bottom
+_SHEET_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -123,25 +127,46 @@ def _png(image: Image.Image, compress_level: int = 1) -> bytes:
     return buffer.getvalue()
 
 
-def cam_png(cam: np.ndarray) -> bytes:
-    """A low-resolution (h, w) map in [0, 1] as a 16-bit greyscale PNG (what the worker stores)."""
-    cam = np.asarray(cam, dtype=np.float64)
-    if cam.ndim != 2 or not cam.size or not np.all(np.isfinite(cam)):
-        raise ValueError(f"expected a finite (h, w) map, got shape {cam.shape}")
-    levels = np.rint(np.clip(cam, 0.0, 1.0) * CAM_LEVELS).astype(np.uint16)
-    return _png(Image.fromarray(levels), compress_level=6)
+def cam_sheet_png(cams: Mapping[str, np.ndarray]) -> bytes:
+    """All of a study's low-resolution maps in ONE 16-bit greyscale PNG (what the worker stores):
+    {label: (h, w) map in [0, 1]}, every map the same shape, stacked top to bottom in the given
+    order; the labels, in that order, are in the PNG's `xray-cams` text chunk. One file per study
+    instead of one per finding: one durable write instead of 14."""
+    if not cams:
+        raise ValueError("a CAM sheet needs at least one map")
+    maps = [np.asarray(cam, dtype=np.float64) for cam in cams.values()]
+    shape = maps[0].shape
+    for label, cam in zip(cams, maps, strict=True):
+        if not _SHEET_LABEL.match(label):
+            raise ValueError(f"refused the label {label!r}")
+        if cam.ndim != 2 or not cam.size or cam.shape != shape or not np.all(np.isfinite(cam)):
+            raise ValueError(f"expected finite (h, w) maps of one shape, got {cam.shape} for {label}")
+    levels = np.rint(np.clip(np.concatenate(maps), 0.0, 1.0) * CAM_LEVELS).astype(np.uint16)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CAM_SHEET_KEY, ",".join(cams))
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="PNG", compress_level=6, pnginfo=info)
+    return buffer.getvalue()
 
 
-def cam_from_png(data: bytes) -> np.ndarray:
-    """The (h, w) float32 map in [0, 1] stored by `cam_png`. ValueError for anything else (e.g. an
-    RGBA heatmap layer written before CAMs were stored, or a map larger than MAX_CAM_SIDE)."""
+def cam_from_png(data: bytes, label: str | None = None) -> np.ndarray:
+    """The (h, w) float32 map in [0, 1] of `label` from a CAM sheet (`cam_sheet_png`). A 16-bit PNG
+    without the `xray-cams` chunk holds one map (one file per finding, as stored before sheets):
+    that map, whatever the label. ValueError for anything else (an RGBA heatmap layer stored before
+    CAMs were, a label the sheet lacks, a map larger than MAX_CAM_SIDE)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "PNG" or image.mode not in ("I;16", "I"):
                 raise ValueError(f"not a 16-bit greyscale CAM PNG ({image.format} {image.mode})")
-            if max(image.size) > MAX_CAM_SIDE:
-                raise ValueError(f"a CAM of {image.size[0]} x {image.size[1]} is larger than {MAX_CAM_SIDE}")
-            levels = np.asarray(image, dtype=np.float64)
+            width, height = image.size
+            labels = str(image.info[CAM_SHEET_KEY]).split(",") if CAM_SHEET_KEY in image.info else [None]
+            if height % len(labels) or max(width, height // len(labels)) > MAX_CAM_SIDE:
+                raise ValueError(f"a CAM sheet of {width} x {height} for {len(labels)} maps is refused")
+            if label not in labels and labels != [None]:
+                raise ValueError(f"the CAM sheet has no map for {label!r}")
+            index = labels.index(label) if labels != [None] else 0
+            side = height // len(labels)
+            levels = np.asarray(image, dtype=np.float64)[index * side:(index + 1) * side]
     except (OSError, SyntaxError) as exc:  # Pillow's errors for bytes it cannot read
         raise ValueError(f"not a readable PNG: {exc}") from exc
     return (np.clip(levels, 0, CAM_LEVELS) / CAM_LEVELS).astype(np.float32)

@@ -2,8 +2,8 @@
 
 The database holds only the relative paths this module returns. Every write is atomic (a temporary
 file in the same folder, fsync, `os.replace`, fsync of the folder), so a reader sees either nothing
-or the whole file, and a failed write leaves nothing behind. A study's heatmaps are written together
-(`put_heatmaps`): one folder fsync for all of them instead of one per file.
+or the whole file, and a failed write leaves nothing behind. A study's heatmaps are one file, its CAM
+sheet (`put_cam_sheet`); studies done before sheets have one file per finding, still readable.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 log = logging.getLogger(__name__)
 
 _EXTENSION = re.compile(r"^[a-z0-9]{1,8}$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TEMP_PREFIX = ".tmp-"
 
 FULL_MESSAGE = "the server's storage is full; the file was not stored"
@@ -70,8 +68,8 @@ class Storage:
         return f"originals/{sha256[:2]}/{sha256}.{extension}"
 
     @staticmethod
-    def heatmap_relpath(study_id: int, label: str) -> str:
-        return f"heatmaps/{study_id}/{label}.png"
+    def cam_sheet_relpath(study_id: int) -> str:
+        return f"heatmaps/{study_id // 1000:05d}/{study_id}.png"
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -92,50 +90,20 @@ class Storage:
         self._write_atomic(target, data)
         return relpath
 
-    def put_heatmap(self, study_id: int, label: str, data: bytes) -> str:
-        """Store (or replace) one finding's heatmap for a study."""
-        return self.put_heatmaps(study_id, {label: data})[label]
-
-    def put_heatmaps(self, study_id: int, files: Mapping[str, bytes]) -> dict[str, str]:
-        """Store (or replace) several findings' heatmaps of one study: {label: bytes} -> {label: relpath}.
-
-        Durable with one folder fsync instead of one per file: every file is first written to a
-        temporary file in the study's folder and fsynced (data durable before any name points at it;
-        after the first, the fsync of a tiny file costs about 0.2 ms on ext4, so 14 of them cost
-        3-4 ms, where a file-plus-folder fsync per file costs twice that and more under load), then
-        all are renamed into place and the folder is fsynced once (the names durable). A new study
-        folder's parent is fsynced as well, so the folder itself survives a crash. If anything fails
-        before the renames, every temporary file is removed and no stored file has changed; each
-        rename is atomic, so a reader sees a file's old or new version, never part of one.
-        """
-        targets = {label: self._heatmap_target(study_id, label) for label in files}
-        folders = {target.parent for _, target in targets.values()}
-        created = [folder for folder in folders if not folder.is_dir()]
-        temps: list[tuple[Path, Path]] = []
-        try:
-            for label, (_, target) in targets.items():
-                temps.append((self._write_temp(target, files[label]), target))
-            for temp, target in temps:
-                os.replace(temp, target)
-        except OSError as exc:
-            log.error("storage: cannot write heatmaps of study %s: %s", study_id, exc)
-            raise _write_error(exc) from exc
-        finally:
-            for temp, _ in temps:
-                _remove_quietly(temp)  # after a rename there is nothing left to remove
-        for folder in folders:
-            _fsync_dir(folder)
-        for parent in {folder.parent for folder in created}:
-            _fsync_dir(parent)
-        return {label: relpath for label, (relpath, _) in targets.items()}
-
-    def _heatmap_target(self, study_id: int, label: str) -> tuple[str, Path]:
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        """Store (or replace) a study's CAM sheet (`shared.gradcam.cam_sheet_png`: every finding's map
+        in one file) and return its path. Atomic and durable like every write here: the file and
+        its folder are fsynced, and a new folder's parent too, so the folder itself survives a crash.
+        Folders hold 1,000 studies each."""
         if isinstance(study_id, bool) or not isinstance(study_id, int) or study_id < 0:
             raise StorageError(f"refused the study id {study_id!r}")
-        if not _LABEL.match(label):
-            raise StorageError(f"refused the heatmap label {label!r}")
-        relpath = self.heatmap_relpath(study_id, label)
-        return relpath, self.path(relpath)
+        relpath = self.cam_sheet_relpath(study_id)
+        target = self.path(relpath)
+        new_folder = not target.parent.is_dir()
+        self._write_atomic(target, data)
+        if new_folder:
+            _fsync_dir(target.parent.parent)
+        return relpath
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         temp = self._write_temp(target, data)

@@ -12,11 +12,13 @@ from PIL import Image
 
 import shared.gradcam
 from shared.classifier import build_model, preprocess
+from shared.findings import FINDINGS
 from shared.gradcam import (
+    CAM_SHEET_KEY,
     Box,
     box_from_cam,
     cam_from_png,
-    cam_png,
+    cam_sheet_png,
     class_activation_maps,
     heatmap_layer_png,
     jet,
@@ -184,50 +186,81 @@ def test_heatmap_layer_is_rgba_with_alpha_from_map() -> None:
     assert rgba[250, 5, 3] == 0  # cold: transparent
 
 
-def test_cam_png_round_trip_is_16_bit_and_tiny() -> None:
-    cam = np.random.default_rng(2).random((7, 7)).astype(np.float32)
-    cam[0, 0], cam[6, 6] = 0.0, 1.0
-    data = cam_png(cam)
+def _sheet_maps(seed: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    maps = {label: rng.random((7, 7)).astype(np.float32) for label in FINDINGS}
+    maps["Mass"][0, 0], maps["Mass"][6, 6] = 0.0, 1.0
+    return maps
+
+
+def test_cam_sheet_round_trip_is_16_bit_and_tiny() -> None:
+    maps = _sheet_maps()
+    data = cam_sheet_png(maps)
     image = _decode(data)
-    assert image.mode in ("I;16", "I") and image.size == (7, 7)
-    assert len(data) < 400
-    back = cam_from_png(data)
-    assert back.dtype == np.float32 and back.shape == (7, 7)
-    assert np.max(np.abs(back - cam)) <= 1 / 65535
-    assert back[0, 0] == 0.0 and back[6, 6] == 1.0
+    assert image.mode in ("I;16", "I") and image.size == (7, 7 * 14)
+    assert image.info[CAM_SHEET_KEY] == ",".join(FINDINGS)
+    assert len(data) < 3000  # 14 maps of 49 16-bit values
+    for label, cam in maps.items():
+        back = cam_from_png(data, label)
+        assert back.dtype == np.float32 and back.shape == (7, 7)
+        assert np.max(np.abs(back - cam)) <= 1 / 65535, label
+    mass = cam_from_png(data, "Mass")
+    assert mass[0, 0] == 0.0 and mass[6, 6] == 1.0
+
+
+def test_single_cam_stored_before_sheets_is_read_for_any_label() -> None:
+    cam = np.random.default_rng(4).random((7, 7))
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(cam * 65535).astype(np.uint16)).save(buffer, format="PNG")
+    for label in (None, "Edema"):
+        assert np.max(np.abs(cam_from_png(buffer.getvalue(), label) - cam)) <= 1 / 65535
 
 
 def test_layer_from_stored_cam_matches_layer_from_cam() -> None:
-    """What the web renders from the stored CAM is the layer the worker used to write: the 16-bit
+    """What the web renders from the stored sheet is the layer the worker used to write: the 16-bit
     quantisation moves at most a few of the 256 x 256 x 4 values by one level."""
     cam = np.random.default_rng(3).random((7, 7)).astype(np.float32)
     before = np.asarray(_decode(heatmap_layer_png(cam))).astype(int)
-    after = np.asarray(_decode(heatmap_layer_png(cam_from_png(cam_png(cam))))).astype(int)
+    stored = cam_sheet_png({"Edema": np.zeros((7, 7)), "Mass": cam})
+    after = np.asarray(_decode(heatmap_layer_png(cam_from_png(stored, "Mass")))).astype(int)
     assert before.shape == after.shape == (256, 256, 4)
     assert np.max(np.abs(before - after)) <= 1
     assert np.mean(before != after) < 0.01
 
 
-@pytest.mark.parametrize("bad", [
-    b"not a png",
-    b"",
-    None,  # an RGBA heatmap layer (what was stored before CAMs were)
-    "large",
-])
-def test_cam_from_png_refuses_other_files(bad: bytes | str | None) -> None:
-    if bad is None:
-        bad = heatmap_layer_png(np.ones((7, 7), np.float32))
+@pytest.mark.parametrize("bad", ["not a png", "empty", "layer", "large", "tall", "other label", "no label"])
+def test_cam_from_png_refuses_other_files(bad: str) -> None:
+    label: str | None = "Mass"
+    if bad == "not a png":
+        data = b"not a png"
+    elif bad == "empty":
+        data = b""
+    elif bad == "layer":  # an RGBA heatmap layer (what was stored before CAMs were)
+        data = heatmap_layer_png(np.ones((7, 7), np.float32))
     elif bad == "large":
-        bad = cam_png(np.zeros((65, 7), np.float32))
+        data = cam_sheet_png({"Mass": np.zeros((7, 65))})
+    elif bad == "tall":
+        data = cam_sheet_png({"Mass": np.zeros((65, 7))})
+    elif bad == "other label":
+        data = cam_sheet_png({"Edema": np.zeros((7, 7))})
+    else:
+        data, label = cam_sheet_png({"Mass": np.zeros((7, 7))}), None
     with pytest.raises(ValueError):
-        cam_from_png(bad)  # type: ignore[arg-type]
+        cam_from_png(data, label)
 
 
-def test_cam_png_refuses_non_maps() -> None:
+@pytest.mark.parametrize("maps", [
+    {},
+    {"Mass": np.zeros((2, 2, 2))},
+    {"Mass": np.full((2, 2), np.nan)},
+    {"Mass": np.zeros((7, 7)), "Edema": np.zeros((6, 7))},
+    {"Mass,Edema": np.zeros((7, 7))},
+    {"": np.zeros((7, 7))},
+])
+def test_cam_sheet_refuses_what_it_cannot_store(maps: dict[str, np.ndarray]) -> None:
     with pytest.raises(ValueError):
-        cam_png(np.zeros((2, 2, 2), np.float32))
-    with pytest.raises(ValueError):
-        cam_png(np.full((2, 2), np.nan, np.float32))
+        cam_sheet_png(maps)
+
 
 
 def test_heatmap_layer_is_cheap() -> None:

@@ -37,16 +37,45 @@ def test_put_original_is_content_addressed(tmp_path: Path) -> None:
     assert other != rel and storage.read(other) == data + b"!"
 
 
-def test_put_heatmap_replaces_atomically(tmp_path: Path) -> None:
+def test_put_cam_sheet_replaces_atomically(tmp_path: Path) -> None:
     storage = Storage(tmp_path)
-    rel = storage.put_heatmap(42, "Pleural_Thickening", b"first")
-    assert rel == "heatmaps/42/Pleural_Thickening.png"
+    rel = storage.put_cam_sheet(42, b"first")
+    assert rel == "heatmaps/00000/42.png"
     inode_before = storage.path(rel).stat().st_ino
-    assert storage.put_heatmap(42, "Pleural_Thickening", b"second") == rel
+    assert storage.put_cam_sheet(42, b"second") == rel
     assert storage.read(rel) == b"second"
     # os.replace put a new file in place (a reader holding the old one keeps a whole file).
     assert storage.path(rel).stat().st_ino != inode_before
-    assert [p.name for p in _all_files(tmp_path)] == ["Pleural_Thickening.png"]
+    assert [p.name for p in _all_files(tmp_path)] == ["42.png"]
+    assert storage.put_cam_sheet(1_234_567, b"x") == "heatmaps/01234/1234567.png"  # 1,000 per folder
+
+
+def test_put_cam_sheet_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's data, then its folder (the name), then a new folder's parent (the folder)."""
+    storage = Storage(tmp_path)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    storage.put_cam_sheet(9, b"sheet")
+    first = list(synced)
+    synced.clear()
+    storage.put_cam_sheet(10, b"sheet")  # its folder exists now: no parent fsync
+    monkeypatch.undo()
+    folder = storage.path("heatmaps/00000")
+    assert first[1:] == [str(folder), str(folder.parent)] and ".tmp-" in first[0]
+    assert synced[1:] == [str(folder)] and ".tmp-" in synced[0]
+
+
+@pytest.mark.parametrize("study_id", [-1, True, "7", 1.5])
+def test_put_cam_sheet_refuses_bad_study_ids(tmp_path: Path, study_id: object) -> None:
+    with pytest.raises(StorageError, match="refused the study id"):
+        Storage(tmp_path).put_cam_sheet(study_id, b"x")  # type: ignore[arg-type]
+    assert _all_files(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -66,13 +95,6 @@ def test_path_refuses_symlink_out_of_root(tmp_path: Path) -> None:
     storage = Storage(root)
     with pytest.raises(StorageError, match="outside the storage folder"):
         storage.read("link/secret.txt")
-
-
-@pytest.mark.parametrize("label", ["../x", "a/b", "", ".hidden", "x" * 65])
-def test_put_heatmap_refuses_bad_labels(tmp_path: Path, label: str) -> None:
-    with pytest.raises(StorageError):
-        Storage(tmp_path).put_heatmap(1, label, b"x")
-    assert _all_files(tmp_path) == []
 
 
 def test_put_original_refuses_bad_extension(tmp_path: Path) -> None:
@@ -106,7 +128,7 @@ def test_read_only_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(os, "open", read_only_open)
     with pytest.raises(StorageError) as caught:
-        storage.put_heatmap(1, "Mass", b"png")
+        storage.put_cam_sheet(1, b"png")
     monkeypatch.undo()
     assert str(caught.value) == READ_ONLY_MESSAGE
     assert _all_files(tmp_path) == []
@@ -114,7 +136,7 @@ def test_read_only_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_disk_full_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = Storage(tmp_path / "store")
-    kept = storage.put_heatmap(7, "Edema", b"the complete earlier version")
+    kept = storage.put_cam_sheet(7, b"the complete earlier version")
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -123,59 +145,9 @@ def test_disk_full_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(StorageError) as caught:
         storage.put_original(b"x" * 100_000, "png")
     with pytest.raises(StorageError):
-        storage.put_heatmap(7, "Edema", b"a newer version that does not fit")
+        storage.put_cam_sheet(7, b"a newer version that does not fit")
     monkeypatch.undo()
     assert caught.value.message == FULL_MESSAGE
-    # No temporary files, no partial original; the earlier heatmap is intact.
+    # No temporary files, no partial original; the earlier sheet is intact.
     assert _all_files(tmp_path) == [storage.path(kept)]
     assert storage.read(kept) == b"the complete earlier version"
-
-
-def test_put_heatmaps_writes_a_study_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = Storage(tmp_path)
-    files = {f"Label_{i}": bytes([i]) * (100 + i) for i in range(14)}
-    synced: list[bool] = []  # True for a folder, False for a file
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    paths = storage.put_heatmaps(9, files)
-    monkeypatch.undo()
-    assert paths == {label: f"heatmaps/9/{label}.png" for label in files}
-    for label, data in files.items():
-        assert storage.read(paths[label]) == data
-    assert _all_files(tmp_path) == sorted(storage.path(p) for p in paths.values())
-    # Every file's data, then the study folder once (and its parent, the folder being new).
-    assert synced.count(False) == 14 and synced.count(True) == 2 and synced[:14] == [False] * 14
-
-
-def test_put_heatmaps_error_midway_leaves_nothing_half_written(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = Storage(tmp_path)
-    kept = storage.put_heatmaps(3, {"Edema": b"earlier Edema", "Mass": b"earlier Mass"})
-    real_write = os.write
-    calls = {"n": 0}
-
-    def full_on_third(fd: int, data: bytes | memoryview) -> int:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", full_on_third)
-    with pytest.raises(StorageError) as caught:
-        storage.put_heatmaps(3, {"Edema": b"new Edema", "Mass": b"new Mass", "Hernia": b"new Hernia"})
-    monkeypatch.undo()
-    assert caught.value.message == FULL_MESSAGE
-    # The two temporary files already written are gone; no stored file changed, none was added.
-    assert _all_files(tmp_path) == sorted(storage.path(p) for p in kept.values())
-    assert storage.read(kept["Edema"]) == b"earlier Edema" and storage.read(kept["Mass"]) == b"earlier Mass"
-
-
-def test_put_heatmaps_refuses_a_bad_label_before_writing_any(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="refused the heatmap label"):
-        Storage(tmp_path).put_heatmaps(1, {"Mass": b"x", "../escape": b"y"})
-    assert _all_files(tmp_path) == []

@@ -25,12 +25,12 @@ def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_ima
         body = upload(client, [(png, "a.png")]).get_json()
         study = body["accepted"][0]["id"]
         import numpy as np
-        from shared.gradcam import cam_png  # what the worker stores; the web renders the layer
+        from shared.gradcam import cam_sheet_png  # what the worker stores; the web renders the layer
         from shared.models import Finding
         from shared.storage import Storage
         from tests.test_web_support import session_for
         with session_for(settings) as session:
-            path = Storage(settings.storage_dir).put_heatmap(study, "Mass", cam_png(np.eye(7)))
+            path = Storage(settings.storage_dir).put_cam_sheet(study, cam_sheet_png({{"Mass": np.eye(7)}}))
             session.add(Finding(study_id=study, label="Mass", probability=0.9, threshold=0.5, positive=True,
                                 heatmap_path=path))
             session.commit()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings
-from shared.gradcam import cam_png, heatmap_layer_png
+from shared.gradcam import cam_sheet_png, heatmap_layer_png
 from shared.models import Batch, Finding
 from shared.storage import Storage
 from tests.test_web_support import add_study, make_app, session_for, upload
@@ -97,7 +97,7 @@ def _study_with_heatmap(settings: Settings, heatmap: bytes | None, label: str = 
         batch = Batch()
         session.add(batch)
         study = add_study(session, batch)
-        path = storage.put_heatmap(study.id, label, heatmap) if heatmap is not None else None
+        path = storage.put_cam_sheet(study.id, heatmap) if heatmap is not None else None
         session.add(Finding(study=study, label=label, probability=0.8, threshold=0.4, positive=True,
                             heatmap_path=path))
         session.add(Finding(study=study, label="Mass", probability=0.1, threshold=0.4, positive=False))
@@ -117,9 +117,49 @@ def _cam() -> np.ndarray:
     return cam
 
 
+def _sheet(effusion: np.ndarray) -> bytes:
+    """A study's CAM sheet as the worker stores it (here two maps; the worker's has all 14)."""
+    return cam_sheet_png({"Atelectasis": np.ones((7, 7)), "Effusion": effusion})
+
+
+def test_each_finding_gets_its_own_map_from_the_one_sheet(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    storage = Storage(settings.storage_dir)
+    maps = {"Effusion": _cam(), "Mass": _cam()[::-1, ::-1]}
+    with session_for(settings) as session:
+        batch = Batch()
+        session.add(batch)
+        study = add_study(session, batch)
+        path = storage.put_cam_sheet(study.id, cam_sheet_png(maps))
+        session.add_all(Finding(study=study, label=label, probability=0.8, threshold=0.4, positive=True,
+                                heatmap_path=path) for label in maps)
+        session.commit()
+        study_id = study.id
+    client = app.test_client()
+    etags = set()
+    for label, cam in maps.items():
+        response = client.get(f"/studies/{study_id}/heatmaps/{label}.png")
+        assert response.status_code == 200
+        expected = np.asarray(Image.open(io.BytesIO(heatmap_layer_png(cam)))).astype(int)
+        served = np.asarray(Image.open(io.BytesIO(response.data))).astype(int)
+        assert np.max(np.abs(served - expected)) <= 1, label
+        etags.add(response.headers["ETag"])
+    assert len(etags) == 2  # one stored file, two layers: two tags
+
+
+def test_single_cam_per_finding_stored_before_sheets_is_served(settings: Settings) -> None:
+    app, _ = make_app(settings)
+    single = io.BytesIO()
+    Image.fromarray(np.rint(_cam() * 65535).astype(np.uint16)).save(single, format="PNG")
+    study_id = _study_with_heatmap(settings, single.getvalue())
+    response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
+    expected = np.asarray(Image.open(io.BytesIO(heatmap_layer_png(_cam())))).astype(int)
+    assert np.max(np.abs(np.asarray(Image.open(io.BytesIO(response.data))).astype(int) - expected)) <= 1
+
+
 def test_heatmap_layer_is_rendered_from_the_stored_cam(settings: Settings) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    study_id = _study_with_heatmap(settings, _sheet(_cam()))
     response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     # The layer the worker used to store, rendered from the 16-bit CAM (within one level).
@@ -132,7 +172,7 @@ def test_heatmap_layer_is_rendered_from_the_stored_cam(settings: Settings) -> No
 
 def test_heatmap_has_a_strong_etag_and_answers_304(settings: Settings) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    study_id = _study_with_heatmap(settings, _sheet(_cam()))
     client = app.test_client()
     url = f"/studies/{study_id}/heatmaps/Effusion.png"
     first = client.get(url)
@@ -143,7 +183,7 @@ def test_heatmap_has_a_strong_etag_and_answers_304(settings: Settings) -> None:
     assert again.headers["ETag"] == etag and "private" in again.headers["Cache-Control"]
     assert client.get(url, headers={"If-None-Match": '"something-else"'}).status_code == 200
     # Another map, another tag.
-    other = _study_with_heatmap(settings, cam_png(_cam()[::-1]))
+    other = _study_with_heatmap(settings, _sheet(_cam()[::-1]))
     assert client.get(f"/studies/{other}/heatmaps/Effusion.png").headers["ETag"] != etag
 
 
@@ -172,13 +212,13 @@ def test_unreadable_heatmap_is_404(settings: Settings) -> None:
 ])
 def test_heatmap_and_image_404s(settings: Settings, path: str) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    study_id = _study_with_heatmap(settings, _sheet(_cam()))
     assert app.test_client().get(path.format(id=study_id)).status_code == 404
 
 
 def test_missing_files_are_404_not_500(settings: Settings) -> None:
     app, _ = make_app(settings)
-    study_id = _study_with_heatmap(settings, cam_png(_cam()))
+    study_id = _study_with_heatmap(settings, _sheet(_cam()))
     for path in (settings.storage_dir / "heatmaps").rglob("*.png"):
         path.unlink()
     client = app.test_client()

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from shared.config import PROJECT_ROOT, Settings
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
@@ -157,7 +158,8 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
             assert row.attempts == 1, "the duplicate message must not run the study again"
             assert per_study[study_id] == 14
             assert row.urgency is not None and row.due_at is not None
-            assert storage.read(f"heatmaps/{study_id}/Pneumothorax.png")[:8] == b"\x89PNG\r\n\x1a\n"
+            sheet = storage.read(Storage.cam_sheet_relpath(study_id))
+            assert cam_from_png(sheet, "Pneumothorax").ndim == 2
     finally:
         _delete_test_keys(client, settings.queue_name)
         client.close()

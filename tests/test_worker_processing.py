@@ -96,13 +96,13 @@ def test_real_images_done_with_14_findings_and_heatmaps(db, storage, diagnoser, 
         assert [f[1] for f in sorted(findings)] == list(FINDINGS)
         for _, label, probability, heatmap in findings:
             assert 0.0 <= probability <= 1.0
-            assert heatmap == f"heatmaps/{study_id}/{label}.png"
-            # The stored heatmap is the finding's low-resolution CAM (2 x 2 at 64 px input), 16-bit.
-            cam = cam_from_png(storage.read(heatmap))
+            assert heatmap == f"heatmaps/00000/{study_id}.png"  # one sheet holds every finding's map
+            # The finding's low-resolution CAM (2 x 2 at 64 px input), 16-bit, in the study's sheet.
+            cam = cam_from_png(storage.read(heatmap), label)
             assert cam.shape == (2, 2) and cam.min() >= 0.0 and cam.max() <= 1.0
             assert cam.max() in (0.0, 1.0)  # each map is divided by its maximum
-        assert any(cam_from_png(storage.read(h)).max() == 1.0 for _, _, _, h in findings)
-        assert not list(storage.path(f"heatmaps/{study_id}").glob(".tmp-*"))
+        assert any(cam_from_png(storage.read(h), label).max() == 1.0 for _, label, _, h in findings)
+        assert not list(storage.path("heatmaps/00000").glob(".tmp-*"))
 
 
 def test_second_delivery_changes_nothing(db, storage, diagnoser, settings: Settings,
@@ -110,7 +110,7 @@ def test_second_delivery_changes_nothing(db, storage, diagnoser, settings: Setti
     study_id = add_study(db, storage, nih_full_images[5].read_bytes())
     assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
     before = snapshot(db, study_id)
-    heatmap = storage.path(f"heatmaps/{study_id}/Edema.png")
+    heatmap = storage.path(Storage.cam_sheet_relpath(study_id))
     mtime = heatmap.stat().st_mtime_ns
     again = process_study(db, storage, diagnoser, study_id, settings=settings)
     assert again.status == "skipped"

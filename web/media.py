@@ -1,9 +1,10 @@
 """The X-ray and its heatmap layers, served by the app from storage (never from a public folder).
 
-A heatmap layer is rendered on request from the finding's stored CAM (a 16-bit greyscale PNG of the
-low-resolution map, written by the worker): `heatmap_layer_png(cam_from_png(...))`, the same RGBA
-layer the worker used to store. The stored CAM never changes once a study is done, so the layer has
-a strong ETag (the stored bytes' sha256 and the renderer's version) and may be cached for a day;
+A heatmap layer is rendered on request from the finding's map in the study's stored CAM sheet (one
+16-bit greyscale PNG holding all 14 low-resolution maps, written by the worker; older studies have one
+such PNG per finding): `heatmap_layer_png(cam_from_png(stored, label))`, the same RGBA layer the
+worker used to store. The stored sheet never changes once a study is done, so the layer has a strong
+ETag (the stored bytes' sha256, the label and the renderer's version) and may be cached for a day;
 If-None-Match answers 304 without rendering. Layers stored before CAMs were (RGBA PNGs) are served
 as stored."""
 
@@ -92,11 +93,12 @@ def heatmap(study_id: int, label: str) -> Response:
     if finding is None or not finding.heatmap_path:
         abort(404, description=f"No {label} heatmap for study {study_id}.")
     stored = _read_heatmap(finding.id, finding.heatmap_path)
-    etag = f"{hashlib.sha256(stored).hexdigest()[:32]}-{HEATMAP_RENDERER}"
+    # One stored sheet holds every finding's map: the label is part of the tag.
+    etag = f"{hashlib.sha256(stored).hexdigest()[:32]}-{label}-{HEATMAP_RENDERER}"
     if request.if_none_match.contains(etag):
         response = Response(status=304)
     else:
-        response = Response(_heatmap_layer(stored), mimetype="image/png")
+        response = Response(_heatmap_layer(stored, label), mimetype="image/png")
     response.set_etag(etag)
     response.cache_control.max_age = HEATMAP_MAX_AGE_S
     return _private(response)
@@ -112,12 +114,13 @@ def _read_heatmap(finding_id: int, relpath: str) -> bytes:
         abort(404, description="The heatmap file is missing.")
 
 
-def _heatmap_layer(stored: bytes) -> bytes:
-    """The colour layer for a stored CAM; an RGBA layer stored before CAMs were, as it is."""
+def _heatmap_layer(stored: bytes, label: str) -> bytes:
+    """The colour layer of `label`'s map in a stored CAM sheet (or single CAM); an RGBA layer stored
+    before CAMs were, as it is."""
     from shared.gradcam import cam_from_png, heatmap_layer_png  # numpy, scipy, Pillow: no TensorFlow
 
     try:
-        cam = cam_from_png(stored)
+        cam = cam_from_png(stored, label)
     except ValueError:
         if stored.startswith(PNG_SIGNATURE):
             return stored

@@ -4,8 +4,9 @@
 1. claims the study in one atomic UPDATE (queued/processing -> processing, attempts += 1,
    started_at); a done or failed study is left as it is (idempotent redelivery);
 2. reads the original from storage, decodes it (`shared.images.read_image`), diagnoses it;
-3. stores each finding's low-resolution CAM as a tiny 16-bit PNG (`shared.gradcam.cam_png`), all 14
-   in one durable step (`Storage.put_heatmaps`); the web renders the colour layer on request;
+3. stores all 14 low-resolution CAMs as one 16-bit PNG sheet (`shared.gradcam.cam_sheet_png`,
+   `Storage.put_cam_sheet`, one durable write); every finding's `heatmap_path` is that sheet and the
+   web renders the finding's colour layer from it on request;
 4. in ONE transaction writes the 14 Finding rows and status done with model version, timings,
    urgency and due_at, but only if no other delivery finished the study meanwhile.
 
@@ -25,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import redis.exceptions
 from billiard.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.gradcam import cam_png
+from shared.gradcam import cam_sheet_png
 from shared.images import InvalidImage, read_image
 from shared.models import Finding, Study, StudyStatus
 from shared.storage import Storage, StorageError, StoredFileMissing
@@ -181,25 +182,24 @@ def _diagnose_and_record(session_factory: sessionmaker[Session], storage: Storag
     image = read_image(data, settings.limits)
     decode_ms = _ms_since(start)
     diagnosis = diagnoser.diagnose(image)
-    heatmap_paths, render_ms, write_ms = _write_heatmaps(storage, study_id, diagnosis)
+    sheet_path, encode_ms, write_ms = _write_heatmaps(storage, study_id, diagnosis)
     timings = {"read": read_ms, "decode": decode_ms, **diagnosis.timings_ms,
-               "heatmap": render_ms, "write": write_ms}
-    return _record(session_factory, study_id, diagnosis, heatmap_paths, timings, settings, now())
+               "heatmap": encode_ms, "write": write_ms}
+    return _record(session_factory, study_id, diagnosis, sheet_path, timings, settings, now())
 
 
-def _write_heatmaps(storage: Storage, study_id: int,
-                    diagnosis: Diagnosis) -> tuple[dict[str, str], float, float]:
-    """Each finding's CAM as a 16-bit PNG, all written at once: paths, encode ms, write ms."""
+def _write_heatmaps(storage: Storage, study_id: int, diagnosis: Diagnosis) -> tuple[str, float, float]:
+    """Every finding's CAM in one 16-bit PNG sheet, written durably: its path, encode ms, write ms."""
     start = time.perf_counter()
-    files = {finding.label: cam_png(finding.cam) for finding in diagnosis.findings}
+    sheet = cam_sheet_png({finding.label: finding.cam for finding in diagnosis.findings})
     encode_ms = _ms_since(start)
     start = time.perf_counter()
-    paths = storage.put_heatmaps(study_id, files)
-    return paths, encode_ms, _ms_since(start)
+    path = storage.put_cam_sheet(study_id, sheet)
+    return path, encode_ms, _ms_since(start)
 
 
 def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Diagnosis,
-            heatmap_paths: dict[str, str], timings: dict[str, float], settings: Settings,
+            sheet_path: str, timings: dict[str, float], settings: Settings,
             finished_at: datetime) -> Outcome:
     result = triage(diagnosis.findings, finished_at, settings.triage_max_wait_minutes)
     with session_scope(session_factory) as session:
@@ -218,21 +218,21 @@ def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Di
         if updated != 1:
             log.info("study %s was finished by another delivery; keeping that result", study_id)
             return Outcome(study_id, "skipped", "finished by another delivery")
-        session.add_all(
-            Finding(
-                study_id=study_id,
-                label=f.label,
-                probability=float(f.probability),
-                threshold=float(f.threshold),
-                positive=bool(f.positive),
-                heatmap_path=heatmap_paths.get(f.label),
-                box_x=None if f.box is None else f.box.x,
-                box_y=None if f.box is None else f.box.y,
-                box_w=None if f.box is None else f.box.width,
-                box_h=None if f.box is None else f.box.height,
-            )
+        session.execute(insert(Finding), [  # one executemany, no ORM objects
+            {
+                "study_id": study_id,
+                "label": f.label,
+                "probability": float(f.probability),
+                "threshold": float(f.threshold),
+                "positive": bool(f.positive),
+                "heatmap_path": sheet_path,
+                "box_x": None if f.box is None else f.box.x,
+                "box_y": None if f.box is None else f.box.y,
+                "box_w": None if f.box is None else f.box.width,
+                "box_h": None if f.box is None else f.box.height,
+            }
             for f in diagnosis.findings
-        )
+        ])
     log.info("study %s done: urgency %.3f, %d positive", study_id, result.urgency, len(diagnosis.positives))
     return Outcome(study_id, StudyStatus.DONE.value)
 
