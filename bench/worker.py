@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, help="model bundle (default: models/demo, else an untrained 224)")
     parser.add_argument("--images", type=int, default=16, help="images per measurement (half nih-full, half kermany)")
     parser.add_argument("--batch", type=int, default=8, help="the batched forward pass's batch size")
+    parser.add_argument("--in-flight", type=int, default=3,
+                        help="studies in flight in the pipelined worker path (threads sharing one model)")
     parser.add_argument("--repeats", type=int, default=5, help="measured repeats (after one warm-up)")
     parser.add_argument("--original-images", type=int, default=4, help="images per repeat for the original approach")
     parser.add_argument("--e2e-runtimes", default="tensorflow-f32,openvino-bf16",
@@ -133,20 +135,31 @@ class WorkerPath:
             session.flush()
             return [s.id for s in studies]
 
-    def run(self, diagnoser: Any) -> tuple[float, list[dict[str, float]]]:
-        """Studies/s through process_study, and each study's recorded stage timings."""
+    def run(self, diagnoser: Any, in_flight: int = 1) -> tuple[float, list[dict[str, float]]]:
+        """Studies/s through process_study with `in_flight` studies at once (threads sharing one
+        model behind a ForwardGate, as `xray worker --pool threads --concurrency K` runs them), and
+        each study's recorded stage timings."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from sqlalchemy import select
 
         from shared.db import session_scope
         from shared.models import Study
         from worker.processing import process_study
 
-        ids = self.add_studies()
-        start = time.perf_counter()
-        for study_id in ids:
+        def one(study_id: int) -> None:
             outcome = process_study(self.factory, self.storage, diagnoser, study_id, settings=self.settings)
             if outcome.status != "done":
                 raise RuntimeError(f"study {study_id} ended {outcome.status}: {outcome.reason}")
+
+        ids = self.add_studies()
+        start = time.perf_counter()
+        if in_flight == 1:
+            for study_id in ids:
+                one(study_id)
+        else:
+            with ThreadPoolExecutor(in_flight) as pool:
+                list(pool.map(one, ids))
         rate = len(ids) / (time.perf_counter() - start)
         with session_scope(self.factory) as session:
             timings = list(session.scalars(select(Study.timings).where(Study.id.in_(ids))))
@@ -169,6 +182,7 @@ def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
 def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scratch: Path, results: Results) -> None:
     from shared.diagnosis import Diagnoser
     from shared.runtime import load_predictor
+    from worker.forward_gate import ForwardGate
 
     paths = common.mixed_images(args.images)
     predictors = {}
@@ -179,7 +193,8 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
     size = next(iter(predictors.values())).input_size
     batch = preprocessed(paths, size)
     path = WorkerPath(scratch / "worker-path", paths)
-    diagnosers = {name: Diagnoser(p) for name, p in predictors.items()}
+    diagnosers = {name: Diagnoser(ForwardGate(p)) for name, p in predictors.items()}
+    batched = {name: Diagnoser(ForwardGate(p, max_batch=args.in_flight)) for name, p in predictors.items()}
     keras_model = next((p.classifier.model for p in predictors.values() if hasattr(p, "classifier")), None)
     original = batch[: args.original_images]
     stage_timings: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -192,7 +207,11 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
             bn = forward_images_per_s(predictors[name], batch, args.batch)
             diagnose_only = _diagnose_only(diagnosers[name], paths)
             rate, timings = path.run(diagnosers[name])
+            pipelined, _ = path.run(diagnosers[name], args.in_flight)
+            coalesced, _ = path.run(batched[name], args.in_flight)
             if not warm:
+                results.add(f"worker_path_k/{name}", pipelined)
+                results.add(f"worker_path_kb/{name}", coalesced)
                 results.add(f"diagnose_only/{name}", diagnose_only)
                 results.add(f"forward_b1/{name}", b1)
                 results.add(f"forward_b{args.batch}/{name}", bn)
@@ -375,12 +394,17 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
         ceil = f.get(f"ceiling_images_per_s/{split_runtime(name)[1]}", float("nan"))
         nominal = f.get(f"nominal_images_per_s/{split_runtime(name)[1]}", float("nan"))
         best = max(b1, med(f"forward_b{args.batch}/{name}"))
+        piped, coalesced = med(f"worker_path_k/{name}"), med(f"worker_path_kb/{name}")
         rows.append([name, b1, med(f"forward_b{args.batch}/{name}"), med(f"diagnose_only/{name}"),
-                     med(f"worker_path/{name}"), med(f"worker_path/{name}") / b1, best / ceil, best / nominal,
+                     med(f"worker_path/{name}"), med(f"worker_path/{name}") / b1, piped, piped / b1,
+                     coalesced, coalesced / b1, best / ceil, best / nominal,
                      med(f"probe_load_s/{name}"), med(f"probe_rss_mb/{name}")])
+    k = args.in_flight
     common.print_table("1-2. Forward pass and worker path, one process (images/s, median)", rows,
-                       ["runtime", "forward b1", f"forward b{args.batch}", "diagnose only", "worker path",
-                        "path/forward b1", "forward/measured ceiling", "forward/nominal", "load s (fresh process)",
+                       ["runtime", "forward b1", f"forward b{args.batch}", "diagnose only", "worker path 1",
+                        "path 1/forward b1", f"path {k} in flight", f"path {k}/forward b1",
+                        f"path {k} + batching", f"path {k}b/forward b1",
+                        "forward/measured ceiling", "forward/nominal", "load s (fresh process)",
                         "RSS MB after load"])
     if "original" in results.samples:
         best = max(runtimes, key=lambda n: med(f"worker_path/{n}"))
