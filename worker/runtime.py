@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,11 +48,17 @@ _lock = threading.Lock()
 def load_diagnoser(settings: Settings, processes: int = 1) -> object:
     """Load the bundle at settings.model_dir with settings.inference_runtime/inference_precision
     (shared.runtime; `processes` model processes share this machine's CPUs) and run its forward
-    pass once (so the first study is not slower than the rest)."""
+    pass once (so the first study is not slower than the rest).
+
+    The predictor is always behind a `ForwardGate` (max batch `settings.worker_batch_size`): with
+    the threads pool, K task threads share this one model and their forward passes must not overlap;
+    with one thread (prefork child, solo) the gate is an uncontended lock. For the threads pool
+    `processes` is 1: its one model gets all of the machine's inference threads."""
     import numpy as np
 
     from shared.diagnosis import Diagnoser
     from shared.runtime import load_predictor
+    from worker.forward_gate import ForwardGate
 
     start = time.perf_counter()
     classifier = load_predictor(settings.model_dir, settings.inference_runtime, settings.inference_precision,
@@ -61,7 +68,8 @@ def load_diagnoser(settings: Settings, processes: int = 1) -> object:
     log.info("model %s (%s, input %d, %s) loaded from %s in %.1f s", classifier.version,
              "trained" if classifier.trained else "UNTRAINED", size, classifier.runtime_name, settings.model_dir,
              time.perf_counter() - start)
-    return Diagnoser(classifier)
+    gate: Any = ForwardGate(classifier, settings.worker_batch_size)  # a Predictor by delegation
+    return Diagnoser(gate)
 
 
 def start_runtime(settings: Settings, redis_url: str | None, processes: int = 1) -> WorkerRuntime:
