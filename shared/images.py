@@ -135,12 +135,20 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
 def read_image(data: bytes, limits: ImageLimits) -> XRayImage:
     """Validate and decode an upload into greyscale pixels in [0, 1]."""
     opened = _open(bytes(data), limits)
-    pixels = opened.decode()
-    pixels = np.ascontiguousarray(np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0), dtype=np.float32)
+    pixels = _unit_range(opened.decode())
     info = opened.info
     if pixels.shape != (info.height, info.width):  # e.g. a DICOM whose decoder disagrees with Rows
         info = ImageInfo(info.format, int(pixels.shape[1]), int(pixels.shape[0]), info.metadata)
     return XRayImage(pixels=pixels, info=info)
+
+
+def _unit_range(pixels: np.ndarray) -> np.ndarray:
+    """Contiguous float32 in [0, 1]: NaN to 0, the rest clipped. Checked first with two cheap
+    reductions: what an 8-bit or 16-bit decode gives already is, and is returned as it is."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.size and pixels.flags.c_contiguous and pixels.min() >= 0.0 and pixels.max() <= 1.0:
+        return pixels  # a NaN fails both comparisons
+    return np.ascontiguousarray(np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0), dtype=np.float32)
 
 
 def read_image_file(path: str | Path, limits: ImageLimits) -> XRayImage:
@@ -276,7 +284,10 @@ def _pil_to_grey(image: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return np.asarray(image).astype(np.float32) / 65535.0
     if mode in ("L", "LA", "1", "La"):
-        return np.asarray(image.getchannel(0).convert("L"), dtype=np.float32) / 255.0
+        levels = np.asarray(image if mode == "L" else image.getchannel(0).convert("L"))
+        pixels = levels.astype(np.float32)
+        pixels /= np.float32(255.0)  # in place: no second array
+        return pixels
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     return (rgb @ _LUMA) / 255.0
 

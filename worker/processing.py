@@ -218,7 +218,7 @@ def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Di
         if updated != 1:
             log.info("study %s was finished by another delivery; keeping that result", study_id)
             return Outcome(study_id, "skipped", "finished by another delivery")
-        session.execute(insert(Finding), [  # one executemany, no ORM objects
+        session.execute(insert(Finding.__table__), [  # one Core executemany, no ORM objects
             {
                 "study_id": study_id,
                 "label": f.label,
