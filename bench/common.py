@@ -131,8 +131,9 @@ def process(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[su
 
 
 
-def worker_argv(concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency), "--loglevel", "WARNING"]
+def worker_argv(concurrency: int, pool: str = "prefork") -> list[str]:
+    return [sys.executable, "-m", "cli.main", "worker", "--pool", pool, "--concurrency", str(concurrency),
+            "--loglevel", "WARNING"]
 
 
 def web_argv(port: int) -> list[str]:

@@ -3,11 +3,13 @@
 Measures, on the same real images (nih-full 1024 px PNGs and kermany-224 JPEGs, half each):
 1. the bare forward pass of each runtime (batch 1 and --batch), in this process;
 2. the full worker path per study (worker.processing.process_study: read, decode, preprocess,
-   forward, CAMs and boxes for all 14 findings, the 14 CAMs stored as 16-bit PNGs in one durable
-   step, rows committed to SQLite);
+   forward, CAMs and boxes for all 14 findings, the 14 CAMs stored as one 16-bit PNG sheet, rows
+   committed to SQLite), one study at a time and --in-flight studies at once (threads sharing one
+   model behind worker.forward_gate.ForwardGate, without and with micro-batching);
 3. end to end: a batch uploaded to the web API (gunicorn) until its last study is done, through a
-   real Redis queue and `xray worker` with 1 and with 2 processes (one web, queue and database per
-   configuration, all alive at once so that the configurations alternate within each repeat);
+   real Redis queue and `xray worker`: prefork with 1 and 2 processes, and threads with --in-flight
+   studies in one process (one web, queue and database per configuration, all alive at once so that
+   the configurations alternate within each repeat);
 4. the original demo's approach (eager call + 3 eager GradientTape passes per image);
 plus the compute ceiling (OpenVINO matmul, f32 and bf16), 1 process x 2 threads versus 2 processes
 x 1 thread (bare forward, separate processes), the model load time and RSS per process, and the
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="measured repeats (after one warm-up)")
     parser.add_argument("--original-images", type=int, default=4, help="images per repeat for the original approach")
     parser.add_argument("--e2e-runtimes", default="tensorflow-f32,openvino-bf16",
-                        help="runtimes measured end to end (each with 1 and 2 worker processes); '' for none")
+                        help="runtimes measured end to end (prefork x1, x2, threads x --in-flight); '' for none")
     parser.add_argument("--e2e-images", type=int, default=32, help="studies per uploaded batch end to end")
     parser.add_argument("--e2e-repeats", type=int, default=3)
     parser.add_argument("--boost-ghz", type=float, default=3.7,
@@ -299,7 +301,7 @@ def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
 @dataclass
 class Service:
     name: str
-    workers: int
+    layout: str  # prefork-1, prefork-2, threads-K
     settings: Any
     web: common.WebClient
     worker_pid: int
@@ -315,8 +317,9 @@ def end_to_end(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
     with ExitStack() as stack:
         for name in runtimes:
             runtime, precision = split_runtime(name)
-            for workers in (1, 2):
-                folder = scratch / f"e2e-{name}-{workers}"
+            for layout in e2e_layouts(args):
+                pool, workers = layout.split("-")
+                folder = scratch / f"e2e-{name}-{layout}"
                 settings = common.bench_settings(folder)
                 settings.var_dir.mkdir(parents=True, exist_ok=True)
                 upgrade(settings.database_url)
@@ -325,26 +328,33 @@ def end_to_end(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
                 stack.callback(common.delete_queue_keys, args.redis_url, settings.queue_name)
                 port = common.free_port()
                 stack.enter_context(common.process(common.web_argv(port), env, folder / "web.log"))
-                worker = stack.enter_context(common.process(common.worker_argv(workers), env, folder / "worker.log"))
+                argv = common.worker_argv(int(workers), pool)
+                worker = stack.enter_context(common.process(argv, env, folder / "worker.log"))
                 web = common.WebClient(f"http://127.0.0.1:{port}", common.bench_token(settings.database_url))
-                common.wait_until(web.up, 60, what=f"the web server of {name} x{workers}")
-                service = Service(name, workers, settings, web, worker.pid)
+                common.wait_until(web.up, 60, what=f"the web server of {name} {layout}")
+                service = Service(name, layout, settings, web, worker.pid)
                 start = time.perf_counter()
                 _run_batch(service, paths[:2])  # the first batch waits for the model to load
-                results.figures[f"e2e_first_batch_s/{name}/x{workers}"] = time.perf_counter() - start
+                results.figures[f"e2e_first_batch_s/{name}/{layout}"] = time.perf_counter() - start
                 services.append(service)
         for repeat in range(args.e2e_repeats + 1):
             for service in services:
                 seconds = _run_batch(service, paths)
                 if repeat:
-                    results.add(f"e2e/{service.name}/x{service.workers}", len(paths) / seconds)
+                    results.add(f"e2e/{service.name}/{service.layout}", len(paths) / seconds)
             print(f"  end-to-end repeat {repeat} done, load {common.load_average()[0]:.2f}", file=sys.stderr,
                   flush=True)
         for service in services:
             tree = common.tree_rss_mb(service.worker_pid)
             children = [mb for pid, mb in tree.items() if pid != service.worker_pid]
-            results.figures[f"e2e_rss_mb/{service.name}/x{service.workers}"] = {
+            results.figures[f"e2e_rss_mb/{service.name}/{service.layout}"] = {
                 "main": tree.get(service.worker_pid, 0.0), "pool_processes": children}
+
+
+def e2e_layouts(args: argparse.Namespace) -> list[str]:
+    """Worker layouts measured end to end: prefork with 1 and 2 processes (a model each), and one
+    process with --in-flight studies at once (threads pool, one model)."""
+    return ["prefork-1", "prefork-2", f"threads-{args.in_flight}"]
 
 
 def _run_batch(service: Service, paths: list[Path], timeout_s: float = 900.0) -> float:
@@ -425,14 +435,14 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
     if e2e:
         rows = []
         for name in e2e:
-            for workers in (1, 2):
-                rate = med(f"e2e/{name}/x{workers}")
-                rss = f.get(f"e2e_rss_mb/{name}/x{workers}", {})
-                rows.append([name, workers, rate, rate / med(f"forward_b1/{name}"),
+            for layout in e2e_layouts(args):
+                rate = med(f"e2e/{name}/{layout}")
+                rss = f.get(f"e2e_rss_mb/{name}/{layout}", {})
+                rows.append([name, layout, rate, rate / med(f"forward_b1/{name}"),
                              ", ".join(f"{mb:.0f}" for mb in rss.get("pool_processes", [])),
-                             f.get(f"e2e_first_batch_s/{name}/x{workers}", float("nan"))])
+                             f.get(f"e2e_first_batch_s/{name}/{layout}", float("nan"))])
         common.print_table(f"3. End to end: {args.e2e_images} studies uploaded until the last is done (studies/s)",
-                           rows, ["runtime", "worker processes", "studies/s", "/ forward b1 (1 proc)",
+                           rows, ["runtime", "worker pool", "studies/s", "/ forward b1 (1 proc)",
                                   "RSS MB per pool process", "first batch s (incl. model load)"])
     for name in runtimes:
         stages = f.get(f"stages_ms/{name}")
