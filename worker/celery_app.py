@@ -5,7 +5,11 @@ queue, pool and concurrency). Configuration comes from `shared.queue.make_celery
 Process lifecycle (signals below):
 - prefork pool: nothing heavy in the main process; each child loads the model in
   `worker_process_init`, after the fork, and starts its heartbeat;
-- solo/threads pool: tasks run in the main process, so it loads the model in `worker_init`;
+- solo/threads pool: tasks run in the main process, so it loads the model in `worker_init`, once,
+  with all of the machine's inference threads (processes=1): with `--pool threads --concurrency K`
+  the K task threads share that one model through its `ForwardGate` (worker/runtime.py). Celery
+  enforces no time limits in these pools, so the main process also runs the watchdog
+  (worker/watchdog.py), which ends the process when a study passes the hard limit;
 - the main process runs the reconcile timer (worker/reconcile.py) from `worker_ready` to shutdown.
 """
 
@@ -23,7 +27,7 @@ from celery import Celery, signals  # noqa: E402
 
 from shared.config import Settings, load_settings  # noqa: E402
 from shared.queue import TASK_RECONCILE, make_celery  # noqa: E402
-from worker import runtime  # noqa: E402
+from worker import runtime, watchdog  # noqa: E402
 from worker.reconcile import ReconcileTimer, reconcile_interval_s  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if sender is None:
         return
     if _runs_tasks_in_main_process(sender):
-        runtime.start_runtime(settings, settings.redis_url)
+        # One model for the whole process, however many task threads: all inference threads to it.
+        runtime.start_runtime(settings, settings.redis_url, processes=1)
+        watchdog.start_watchdog(settings.task_time_limit_s)
     else:
         _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
 
@@ -95,4 +101,5 @@ def _on_worker_ready(**_: Any) -> None:
 def _on_worker_shutdown(**_: Any) -> None:
     if _timer is not None:
         _timer.stop()
+    watchdog.stop_watchdog()
     runtime.stop_runtime()  # solo/threads pools: the main process holds the runtime

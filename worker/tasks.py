@@ -14,6 +14,7 @@ from worker.celery_app import app
 from worker.processing import RetryLater, process_study, retry_delay_s
 from worker.reconcile import claim_stale_studies
 from worker.runtime import get_runtime
+from worker.watchdog import watching
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 def diagnose_study(self: Task, study_id: int) -> dict[str, object]:
     rt = get_runtime()
     try:
-        outcome = process_study(rt.session_factory, rt.storage, rt.diagnoser,  # type: ignore[arg-type]
-                                int(study_id), settings=rt.settings)
+        with watching(int(study_id)):  # the hard limit in threads/solo pools (worker/watchdog.py)
+            outcome = process_study(rt.session_factory, rt.storage, rt.diagnoser,  # type: ignore[arg-type]
+                                    int(study_id), settings=rt.settings)
     except RetryLater as exc:
         retries = self.request.retries
         # The study's `attempts` column bounds retries of claimed studies; this bounds the case
