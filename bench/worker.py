@@ -207,6 +207,7 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
         for name in runtimes:
             b1 = forward_images_per_s(predictors[name], batch, 1)
             bn = forward_images_per_s(predictors[name], batch, args.batch)
+            bk = forward_images_per_s(predictors[name], batch, args.in_flight)
             diagnose_only = _diagnose_only(diagnosers[name], paths)
             rate, timings = path.run(diagnosers[name])
             pipelined, _ = path.run(diagnosers[name], args.in_flight)
@@ -217,6 +218,7 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
                 results.add(f"diagnose_only/{name}", diagnose_only)
                 results.add(f"forward_b1/{name}", b1)
                 results.add(f"forward_b{args.batch}/{name}", bn)
+                results.add(f"forward_bk/{name}", bk)
                 results.add(f"worker_path/{name}", rate)
                 stage_timings[name].extend(timings)
         for precision in sorted({split_runtime(n)[1] for n in runtimes}):
@@ -407,13 +409,13 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
         piped, coalesced = med(f"worker_path_k/{name}"), med(f"worker_path_kb/{name}")
         rows.append([name, b1, med(f"forward_b{args.batch}/{name}"), med(f"diagnose_only/{name}"),
                      med(f"worker_path/{name}"), med(f"worker_path/{name}") / b1, piped, piped / b1,
-                     coalesced, coalesced / b1, best / ceil, best / nominal,
+                     coalesced, coalesced / b1, coalesced / med(f"forward_bk/{name}"), best / ceil, best / nominal,
                      med(f"probe_load_s/{name}"), med(f"probe_rss_mb/{name}")])
     k = args.in_flight
     common.print_table("1-2. Forward pass and worker path, one process (images/s, median)", rows,
                        ["runtime", "forward b1", f"forward b{args.batch}", "diagnose only", "worker path 1",
                         "path 1/forward b1", f"path {k} in flight", f"path {k}/forward b1",
-                        f"path {k} + batching", f"path {k}b/forward b1",
+                        f"path {k} + batching", f"path {k}b/forward b1", f"path {k}b/forward b{k}",
                         "forward/measured ceiling", "forward/nominal", "load s (fresh process)",
                         "RSS MB after load"])
     if "original" in results.samples:

@@ -14,11 +14,9 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psutil
@@ -26,13 +24,13 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from shared.config import PROJECT_ROOT, Settings
+from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.models import Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.storage import Storage
-from tests.service_harness import delete_queue_keys, service_env, stop_process_group, wait_until
+from tests.service_harness import delete_queue_keys, service_env, wait_until, worker_process
 from tests.test_fault_support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -184,20 +182,10 @@ def test_watching_is_a_no_op_without_a_process_watchdog_and_times_with_one() -> 
 CONCURRENCY = 3
 
 
-@contextmanager
 def threads_worker(env: dict[str, str], log_path: Path,
-                   concurrency: int = CONCURRENCY) -> Iterator[subprocess.Popen[bytes]]:
-    """`xray worker --pool threads` as a real subprocess in its own process group; always stopped.
-    (tests.service_harness.worker_process starts the default pool only.)"""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--pool", "threads", "--concurrency", str(concurrency)],
-            env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            yield proc
-        finally:
-            stop_process_group(proc)
+                   concurrency: int = CONCURRENCY) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`xray worker --pool threads` as a real subprocess in its own process group; always stopped."""
+    return worker_process(env, log_path, concurrency, pool="threads")
 
 
 def nih_payloads(images: list[Path], count: int) -> list[tuple[str, bytes]]:

@@ -47,7 +47,11 @@ class ForwardGate:
     def __getattr__(self, name: str) -> Any:
         # Only called for names not found on the gate: the predictor's card, labels, thresholds,
         # dense kernel, preprocess, ... (read-only things, safe from any thread).
-        return getattr(self.__dict__["predictor"], name)
+        try:
+            predictor = self.__dict__["predictor"]
+        except KeyError:  # not initialised yet (copy, pickle): behave like a missing attribute
+            raise AttributeError(name) from None
+        return getattr(predictor, name)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         request = _Request(batch)
