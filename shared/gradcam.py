@@ -159,13 +159,15 @@ def cam_from_png(data: bytes, label: str | None = None) -> np.ndarray:
             if image.format != "PNG" or image.mode not in ("I;16", "I"):
                 raise ValueError(f"not a 16-bit greyscale CAM PNG ({image.format} {image.mode})")
             width, height = image.size
-            labels = str(image.info[CAM_SHEET_KEY]).split(",") if CAM_SHEET_KEY in image.info else [None]
-            if height % len(labels) or max(width, height // len(labels)) > MAX_CAM_SIDE:
-                raise ValueError(f"a CAM sheet of {width} x {height} for {len(labels)} maps is refused")
-            if label not in labels and labels != [None]:
+            sheet = image.info.get(CAM_SHEET_KEY)
+            labels = str(sheet).split(",") if sheet is not None else []  # [] : a single map
+            count = len(labels) or 1
+            side = height // count
+            if height % count or max(width, side) > MAX_CAM_SIDE:
+                raise ValueError(f"a CAM sheet of {width} x {height} for {count} maps is refused")
+            if labels and label not in labels:
                 raise ValueError(f"the CAM sheet has no map for {label!r}")
-            index = labels.index(label) if labels != [None] else 0
-            side = height // len(labels)
+            index = labels.index(label) if labels else 0
             levels = np.asarray(image, dtype=np.float64)[index * side:(index + 1) * side]
     except (OSError, SyntaxError) as exc:  # Pillow's errors for bytes it cannot read
         raise ValueError(f"not a readable PNG: {exc}") from exc
