@@ -36,7 +36,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         # Loading TensorFlow and the model takes a while: do not kill children while they load.
         "worker_proc_alive_timeout": 120,
-        "worker_max_memory_per_child": 3_000_000,  # KiB: recycle a child that leaks past ~3 GB
+        # KiB: recycle a prefork child that leaks past the cap (threads/solo: worker/memory_cap.py)
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     }

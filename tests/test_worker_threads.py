@@ -290,3 +290,48 @@ def test_watchdog_ends_a_threads_worker_whose_study_hangs_and_the_study_is_retri
     finally:
         delete_queue_keys(redis_url, settings.queue_name)
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_threads_worker_past_its_memory_cap_finishes_its_study_and_restarts_cleanly(
+        settings: Settings, redis_url: str, service_bundle: Path, nih_full_images: list[Path],
+        tmp_path: Path) -> None:
+    """Celery's worker_max_memory_per_child is prefork-only; worker/memory_cap.py stands in for it.
+    With a cap every process exceeds (1 MB), the worker finishes the study in flight, takes no more
+    and exits 0 on its own; the studies it did not take wait in Redis, and a worker with the normal
+    cap diagnoses them. No study is interrupted: every one is done at its first attempt."""
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    payloads = nih_payloads(nih_full_images, 4)
+    ids = insert_studies(factory, Storage(settings.storage_dir), payloads, "memcap", ["png"] * len(payloads))
+    env = service_env(settings, redis_url, service_bundle)
+    producer = make_celery(settings, redis_url)
+    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
+
+    def describe() -> str:
+        return (f"{study_states(factory, ids)}; first worker log:\n{log_tail(first_log)}\n"
+                f"second worker log:\n{log_tail(second_log)}")
+
+    try:
+        with threads_worker({**env, "XRAY_WORKER_MAX_MEMORY_MB": "1"}, first_log, concurrency=1) as proc:
+            for study_id in ids:
+                enqueue_diagnosis(producer, study_id)
+            wait_until(lambda: proc.poll() is not None, FINISH_TIMEOUT_S, describe=describe)
+            assert proc.returncode == 0, describe()
+        warnings = [line for line in first_log.read_text(errors="replace").splitlines()
+                    if "past XRAY_WORKER_MAX_MEMORY_MB=1:" in line]
+        assert len(warnings) == 1, describe()
+        states = study_states(factory, ids)
+        done_first = [i for i in ids if states[i].status == "done"]
+        assert 1 <= len(done_first) < len(ids), describe()
+        assert all(states[i].status == "queued" for i in ids if i not in done_first), describe()
+
+        with threads_worker(env, second_log) as proc:
+            wait_until(lambda: all_finished(factory, ids), FINISH_TIMEOUT_S, describe=describe)
+            assert proc.poll() is None, describe()
+        states = assert_done_exactly_once(factory, ids)
+        assert {i: s.attempts for i, s in states.items()} == dict.fromkeys(ids, 1), describe()
+    finally:
+        delete_queue_keys(redis_url, settings.queue_name)
+        engine.dispose()

@@ -9,7 +9,8 @@ Process lifecycle (signals below):
   with all of the machine's inference threads (processes=1): with `--pool threads --concurrency K`
   the K task threads share that one model through its `ForwardGate` (worker/runtime.py). Celery
   enforces no time limits in these pools, so the main process also runs the watchdog
-  (worker/watchdog.py), which ends the process when a study passes the hard limit;
+  (worker/watchdog.py), which ends the process when a study passes the hard limit, and the memory
+  cap (worker/memory_cap.py), which shuts it down warmly after a task that leaves it too big;
 - the main process runs the reconcile timer (worker/reconcile.py) from `worker_ready` to shutdown.
 """
 
@@ -27,7 +28,7 @@ from celery import Celery, signals  # noqa: E402
 
 from shared.config import Settings, load_settings  # noqa: E402
 from shared.queue import TASK_RECONCILE, make_celery  # noqa: E402
-from worker import runtime, watchdog  # noqa: E402
+from worker import memory_cap, runtime, watchdog  # noqa: E402
 from worker.reconcile import ReconcileTimer, reconcile_interval_s  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         # One model for the whole process, however many task threads: all inference threads to it.
         runtime.start_runtime(settings, settings.redis_url, processes=1)
         watchdog.start_watchdog(settings.task_time_limit_s)
+        memory_cap.install(settings.worker_max_memory_mb)  # Celery's max-memory rule is prefork-only
     else:
         _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
 
@@ -90,6 +92,11 @@ def _send_reconcile() -> None:
     app.send_task(TASK_RECONCILE, queue=settings.queue_name, expires=reconcile_interval_s(settings))
 
 
+@signals.task_postrun.connect
+def _on_task_postrun(**_: Any) -> None:
+    memory_cap.check_after_task()  # threads/solo pools; a no-op in prefork children
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     global _timer
@@ -102,4 +109,5 @@ def _on_worker_shutdown(**_: Any) -> None:
     if _timer is not None:
         _timer.stop()
     watchdog.stop_watchdog()
+    memory_cap.uninstall()
     runtime.stop_runtime()  # solo/threads pools: the main process holds the runtime
