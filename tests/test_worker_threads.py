@@ -232,6 +232,8 @@ def test_threads_worker_diagnoses_several_studies_in_flight_exactly_once(
 
     log_text = log_path.read_text(errors="replace")
     assert f"pool threads: {CONCURRENCY} studies in flight in this one process sharing one model" in log_text
+    # the model is loaded after Celery set up logging, so its line is in the worker's log
+    assert re.search(r"\] model \S+ \(.*\) loaded from ", log_text), log_text[-3000:]
     for study_id in ids:
         assert len(re.findall(rf"study {study_id} done:", log_text)) == 1, log_text[-3000:]
     # several studies were in flight at once: some study started before another had finished

@@ -5,7 +5,8 @@ queue, pool and concurrency). Configuration comes from `shared.queue.make_celery
 Process lifecycle (signals below):
 - prefork pool: nothing heavy in the main process; each child loads the model in
   `worker_process_init`, after the fork, and starts its heartbeat;
-- solo/threads pool: tasks run in the main process, so it loads the model in `worker_init`, once,
+- solo/threads pool: tasks run in the main process, so it loads the model in `celeryd_after_setup`
+  (after logging is set up, before the first message), once,
   with all of the machine's inference threads (processes=1): with `--pool threads --concurrency K`
   the K task threads share that one model through its `ForwardGate` (worker/runtime.py). Celery
   enforces no time limits in these pools, so the main process also runs the watchdog
@@ -58,20 +59,29 @@ def _runs_tasks_in_main_process(worker: Any) -> bool:
 
 
 _pool_processes = 1  # set in the main process before the fork; prefork children inherit it
+_tasks_in_main_process = False
 
 
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    global _pool_processes
+    global _pool_processes, _tasks_in_main_process
     if sender is None:
         return
-    if _runs_tasks_in_main_process(sender):
-        # One model for the whole process, however many task threads: all inference threads to it.
-        runtime.start_runtime(settings, settings.redis_url, processes=1)
-        watchdog.start_watchdog(settings.task_time_limit_s)
-        memory_cap.install(settings.worker_max_memory_mb)  # Celery's max-memory rule is prefork-only
-    else:
+    _tasks_in_main_process = _runs_tasks_in_main_process(sender)
+    if not _tasks_in_main_process:
         _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
+
+
+@signals.celeryd_after_setup.connect
+def _on_after_setup(**_: Any) -> None:
+    """Solo/threads pools: load the model here, after Celery has set up logging (so its lines show)
+    and before the consumer takes the first message (the worker's blueprint starts it next)."""
+    if not _tasks_in_main_process:
+        return
+    # One model for the whole process, however many task threads: all inference threads to it.
+    runtime.start_runtime(settings, settings.redis_url, processes=1)
+    watchdog.start_watchdog(settings.task_time_limit_s)
+    memory_cap.install(settings.worker_max_memory_mb)  # Celery's max-memory rule is prefork-only
 
 
 @signals.worker_process_init.connect
