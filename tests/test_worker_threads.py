@@ -16,6 +16,7 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import psutil
 import pytest
 import redis
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -192,6 +194,18 @@ def nih_payloads(images: list[Path], count: int) -> list[tuple[str, bytes]]:
     return [(path.name, path.read_bytes()) for path in images[:count]]
 
 
+def two_worker_logs(tmp_path: Path, factory: sessionmaker[Session],
+                    ids: list[int]) -> tuple[Path, Path, Callable[[], str]]:
+    """Log files for a first and a second worker, and a failure description naming both."""
+    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
+
+    def describe() -> str:
+        return (f"{study_states(factory, ids)}; first worker log:\n{log_tail(first_log)}\n"
+                f"second worker log:\n{log_tail(second_log)}")
+
+    return first_log, second_log, describe
+
+
 @pytest.mark.slow
 def test_threads_worker_diagnoses_several_studies_in_flight_exactly_once(
         settings: Settings, redis_url: str, service_bundle: Path, nih_full_images: list[Path],
@@ -265,11 +279,7 @@ def test_watchdog_ends_a_threads_worker_whose_study_hangs_and_the_study_is_retri
     env = fault_env(settings, redis_url, service_bundle, XRAY_TASK_TIME_LIMIT=str(limit_s),
                     XRAY_TASK_SOFT_TIME_LIMIT=str(limit_s - 1))
     producer = make_celery(settings, redis_url)
-    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
-
-    def describe() -> str:
-        return (f"{study_states(factory, ids)}; first worker log:\n{log_tail(first_log)}\n"
-                f"second worker log:\n{log_tail(second_log)}")
+    first_log, second_log, describe = two_worker_logs(tmp_path, factory, ids)
 
     try:
         with threads_worker(env, first_log) as proc:
@@ -309,11 +319,7 @@ def test_a_threads_worker_past_its_memory_cap_finishes_its_study_and_restarts_cl
     ids = insert_studies(factory, Storage(settings.storage_dir), payloads, "memcap", ["png"] * len(payloads))
     env = service_env(settings, redis_url, service_bundle)
     producer = make_celery(settings, redis_url)
-    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
-
-    def describe() -> str:
-        return (f"{study_states(factory, ids)}; first worker log:\n{log_tail(first_log)}\n"
-                f"second worker log:\n{log_tail(second_log)}")
+    first_log, second_log, describe = two_worker_logs(tmp_path, factory, ids)
 
     try:
         with threads_worker({**env, "XRAY_WORKER_MAX_MEMORY_MB": "1"}, first_log, concurrency=1) as proc:
