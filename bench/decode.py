@@ -42,7 +42,7 @@ def optional_decoders() -> dict[str, Decoder]:
         ("pyspng (libspng)", "pyspng", lambda m: m.load),  # type: ignore[attr-defined]
         ("imagecodecs png (libpng)", "imagecodecs", lambda m: m.png_decode),  # type: ignore[attr-defined]
         ("imagecodecs spng", "imagecodecs", lambda m: m.spng_decode),  # type: ignore[attr-defined]
-        ("opencv imdecode", "cv2", lambda m: _opencv(m)),
+        ("opencv imdecode", "cv2", _opencv),
     ]
     for name, module_name, pick in with_module:
         try:

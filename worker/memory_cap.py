@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import psutil
 
-log = logging.getLogger(__name__)
+from shared.config import MiB
 
-MiB = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def resident_bytes() -> int:
