@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from shared.findings import FINDINGS
+from shared.resize import resize_grey
 
 if TYPE_CHECKING:
     import keras
@@ -56,6 +56,7 @@ PREPROCESSING: dict[str, Any] = {
 # float16; vectors (batch-norm statistics, biases) stay float32, where float16 would lose tiny
 # variances. A ResNet50 bundle is then about 47 MB instead of 94 MB.
 _HALF_PRECISION_MIN_NDIM = 2
+_UINT8_WHITE = 255.0
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -122,22 +123,18 @@ def validate_card(card: ModelCard, source: str = "card.json") -> None:
 
 
 def preprocess(pixels: np.ndarray, input_size: int) -> np.ndarray:
-    """The ONE preprocessing (service and training): (H, W) float [0, 1] -> (S, S, 3) float32."""
-    pixels = np.asarray(pixels, dtype=np.float32)
+    """The ONE preprocessing (service and training): (H, W) greyscale -> (S, S, 3) float32.
+
+    `pixels` is float in [0, 1], or the uint8 levels of an 8-bit image (`shared.images.XRayImage.
+    source`: level / 255 is the same grey, and the resize reads the levels without a float copy)."""
+    pixels = np.asarray(pixels)
     if pixels.ndim != 2:
         raise ValueError(f"preprocess expects a greyscale (H, W) array, got shape {pixels.shape}")
+    white = _UINT8_WHITE if pixels.dtype == np.uint8 else 1.0
     resized = resize_grey(pixels, input_size)
-    scaled = np.clip(resized, 0.0, 1.0) * np.float32(PREPROCESSING["scale"])
+    scaled = np.clip(resized, 0.0, white) * np.float32(PREPROCESSING["scale"] / white)
     mean = np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
     return scaled[:, :, None] - mean[None, None, :]
-
-
-def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Deterministic bilinear resize of a float32 greyscale image to size x size (Pillow mode 'F')."""
-    if pixels.shape == (size, size):
-        return pixels.astype(np.float32, copy=True)
-    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def preprocess_batch(images: list[np.ndarray], input_size: int) -> np.ndarray:

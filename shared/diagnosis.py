@@ -126,7 +126,7 @@ class Diagnoser:
         arrays, timings = [], []
         for image in images:
             start = time.perf_counter()
-            arrays.append(self.classifier.preprocess(image.pixels))
+            arrays.append(self.classifier.preprocess(image.source))
             timings.append(_ms_since(start))
         return np.stack(arrays), timings
 

@@ -7,6 +7,8 @@ The format is sniffed from the content only (never the file name or Content-Type
 
 Pixel conventions: float32 (H, W) in [0, 1], 0 = black (MONOCHROME2 sense). PNG/JPEG colour is
 reduced to luminance (ITU-R 601 weights), 8-bit data is divided by 255 and 16-bit PNG by 65535.
+An 8-bit greyscale image also keeps its uint8 levels (`XRayImage.source`), which the model's
+preprocessing reads directly; the float pixels are then made only when something asks for them.
 DICOM: modality LUT (Rescale Slope/Intercept), then the first VOI LUT or window, mapped onto [0, 1]
 by that LUT's or window's output range; with no VOI (or an unusable one) the data are scaled by their
 own min-max; MONOCHROME1 is inverted; a multi-frame file gives its first frame.
@@ -21,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +100,25 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class XRayImage:
-    pixels: np.ndarray  # float32 (H, W) in [0, 1], MONOCHROME2 sense
+    source: np.ndarray  # (H, W), MONOCHROME2 sense: uint8 levels of an 8-bit greyscale image, else `pixels`
     info: ImageInfo
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1], 0 = black (made from the levels, once, on first use)."""
+        if self.source.dtype != np.uint8:
+            return self.source
+        pixels = self.source.astype(np.float32)
+        pixels /= np.float32(255.0)  # in place: no second array
+        return pixels
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.source.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.source.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,11 +147,13 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
 def read_image(data: bytes, limits: ImageLimits) -> XRayImage:
     """Validate and decode an upload into greyscale pixels in [0, 1]."""
     opened = _open(bytes(data), limits)
-    pixels = _unit_range(opened.decode())
+    source = opened.decode()
+    if source.dtype != np.uint8:
+        source = _unit_range(source)
     info = opened.info
-    if pixels.shape != (info.height, info.width):  # e.g. a DICOM whose decoder disagrees with Rows
-        info = ImageInfo(info.format, int(pixels.shape[1]), int(pixels.shape[0]), info.metadata)
-    return XRayImage(pixels=pixels, info=info)
+    if source.shape != (info.height, info.width):  # e.g. a DICOM whose decoder disagrees with Rows
+        info = ImageInfo(info.format, int(source.shape[1]), int(source.shape[0]), info.metadata)
+    return XRayImage(source=source, info=info)
 
 
 def _unit_range(pixels: np.ndarray) -> np.ndarray:
@@ -283,11 +297,8 @@ def _pil_to_grey(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return np.asarray(image).astype(np.float32) / 65535.0
-    if mode in ("L", "LA", "1", "La"):
-        levels = np.asarray(image if mode == "L" else image.getchannel(0).convert("L"))
-        pixels = levels.astype(np.float32)
-        pixels /= np.float32(255.0)  # in place: no second array
-        return pixels
+    if mode in ("L", "LA", "1", "La"):  # 8-bit grey: the levels themselves (XRayImage.pixels divides)
+        return np.ascontiguousarray(np.asarray(image if mode == "L" else image.getchannel(0).convert("L")))
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     return (rgb @ _LUMA) / 255.0
 

@@ -57,10 +57,10 @@ class Augmentation:
 
 
 def load_pixels(path: Path, limits: ImageLimits) -> np.ndarray:
-    """Decode one file the way the service does: (H, W) float32 in [0, 1]."""
+    """Decode one file the way the service does: what `preprocess` reads (`XRayImage.source`)."""
     from shared.images import read_image_file
 
-    return read_image_file(path, limits).pixels
+    return read_image_file(path, limits).source
 
 
 def load_arrays(
