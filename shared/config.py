@@ -62,6 +62,7 @@ class Settings:
     max_attempts: int = 3
     reconcile_after_s: int = 900
     worker_batch_size: int = 1
+    worker_streams: int = 1  # OpenVINO forward passes one worker process runs at once (threads pool)
     worker_max_memory_mb: int = 3000  # a worker process past this after a task is replaced
     inference_runtime: str = "tensorflow"
     inference_precision: str = "f32"
@@ -108,6 +109,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_attempts=_int(env, "XRAY_MAX_ATTEMPTS", Settings.max_attempts),
         reconcile_after_s=_int(env, "XRAY_RECONCILE_AFTER", Settings.reconcile_after_s),
         worker_batch_size=_int(env, "XRAY_WORKER_BATCH", Settings.worker_batch_size),
+        worker_streams=_int(env, "XRAY_WORKER_STREAMS", Settings.worker_streams),
         worker_max_memory_mb=_int(env, "XRAY_WORKER_MAX_MEMORY_MB", Settings.worker_max_memory_mb),
         inference_runtime=env.get("XRAY_RUNTIME") or "tensorflow",
         inference_precision=env.get("XRAY_PRECISION") or "f32",

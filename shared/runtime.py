@@ -17,6 +17,13 @@ with AVX512_BF16 or AMX.
 Threads: a process gets `cpus // processes` inference threads (at least one). With more than one
 process on the machine, OpenVINO's CPU pinning is turned off, otherwise every process pins its
 threads to the same first cores and they share them.
+
+Streams (OpenVINO only, XRAY_WORKER_STREAMS): a process may run `streams` forward passes at once,
+each on `threads // streams` of its threads (OpenVINO's NUM_STREAMS, one infer request per stream).
+With the threads pool and several studies in flight, two single-thread streams on two cores let one
+study's decoding, CAMs and SQL run beside the other's forward pass instead of stalling a pass that
+needs both cores at once. `predictor.streams` tells `worker.forward_gate.ForwardGate` how many
+passes may overlap; CPU pinning is off with more than one stream for the same reason as above.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import time
@@ -80,6 +88,8 @@ class Predictor(Protocol):
     def thresholds(self) -> np.ndarray: ...
     @property
     def runtime_name(self) -> str: ...
+    @property
+    def streams(self) -> int: ...  # forward passes that may run at once (ForwardGate's limit)
     def preprocess(self, pixels: np.ndarray) -> np.ndarray: ...
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -92,6 +102,7 @@ class RuntimeChoice:
     precision: str
     threads: int
     processes: int
+    streams: int = 1
 
     @property
     def name(self) -> str:
@@ -99,7 +110,7 @@ class RuntimeChoice:
 
     @property
     def pin_cpus(self) -> bool:
-        return self.processes == 1
+        return self.processes == 1 and self.streams == 1
 
 
 def available_cpus() -> int:
@@ -125,7 +136,8 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: int | None = None) -> RuntimeChoice:
+def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: int | None = None,
+                   streams: int = 1) -> RuntimeChoice:
     """Validate a runtime/precision pair, saying what to set instead when it cannot run here."""
     runtime = runtime.strip().lower()
     precision = precision.strip().lower()
@@ -150,8 +162,17 @@ def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: in
                                      "machine lacks; set XRAY_PRECISION=f32")
     if threads is not None and threads < 1:
         raise RuntimeUnavailable(f"inference threads must be at least 1, got {threads}")
+    if streams < 1:
+        raise RuntimeUnavailable(f"XRAY_WORKER_STREAMS must be at least 1, got {streams}")
+    if streams > 1 and runtime != "openvino":
+        raise RuntimeUnavailable("XRAY_WORKER_STREAMS above 1 is served by XRAY_RUNTIME=openvino only; "
+                                 "set XRAY_RUNTIME=openvino or XRAY_WORKER_STREAMS=1")
     processes = max(1, processes)
-    return RuntimeChoice(runtime, precision, threads or threads_per_process(processes), processes)
+    threads = threads or threads_per_process(processes)
+    if streams > threads:
+        raise RuntimeUnavailable(f"XRAY_WORKER_STREAMS={streams} needs at least one inference thread per stream; "
+                                 f"this process has {threads}")
+    return RuntimeChoice(runtime, precision, threads, processes, streams)
 
 
 def load_predictor(
@@ -160,9 +181,10 @@ def load_predictor(
     precision: str = "f32",
     processes: int = 1,
     threads: int | None = None,
+    streams: int = 1,
 ) -> Predictor:
     """Load the bundle at model_dir with the chosen runtime (validated by `choose_runtime`)."""
-    choice = choose_runtime(runtime, precision, processes, threads)
+    choice = choose_runtime(runtime, precision, processes, threads, streams)
     if choice.runtime == "tensorflow":
         return TensorFlowPredictor.load(model_dir, choice)
     return OpenVINOPredictor.load(model_dir, choice)
@@ -200,6 +222,7 @@ class TensorFlowPredictor(CardBacked):
         return cls(Classifier.load(model_dir), choice)
 
     runtime_name = property(lambda self: self.choice.name)
+    streams = 1  # one forward pass at a time
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.classifier.predict(batch)
@@ -273,7 +296,10 @@ class OpenVINOPredictor(CardBacked):
         self.dense_kernel = kernel
         self.dense_bias = bias
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self.streams = choice.streams
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()  # one idle infer request per stream
+        for _ in range(choice.streams):
+            self._requests.put(compiled.create_infer_request())
         self._probabilities = compiled.output(OUTPUT_PROBABILITIES)
         self._features = compiled.output(OUTPUT_FEATURES)
 
@@ -298,8 +324,8 @@ class OpenVINOPredictor(CardBacked):
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": choice.threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": choice.streams,
+            "PERFORMANCE_HINT": "LATENCY",  # the explicit streams and threads above take precedence
             "ENABLE_CPU_PINNING": choice.pin_cpus,
         }
         compiled = core.compile_model(core.read_model(xml), "CPU", config)
@@ -320,5 +346,9 @@ class OpenVINOPredictor(CardBacked):
         size = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
             raise ValueError(f"predict expects a batch of shape (N, {size}, {size}, 3), got {batch.shape}")
-        results = self._request.infer({INPUT_NAME: batch})
-        return np.array(results[self._probabilities]), np.array(results[self._features])
+        request = self._requests.get()  # never waits when callers respect `streams` (ForwardGate does)
+        try:
+            results = request.infer({INPUT_NAME: batch})
+            return np.array(results[self._probabilities]), np.array(results[self._features])
+        finally:
+            self._requests.put(request)

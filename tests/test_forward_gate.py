@@ -49,8 +49,9 @@ class FakePredictor:
         self.entered = threading.Event()  # set when a pass has started
         self._lock = threading.Lock()
 
-    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        return np.full((SIDE, SIDE, 3), float(pixels.mean()), dtype=np.float32)
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:  # uint8 levels or float [0, 1], as preprocess takes
+        grey = pixels / np.float32(255.0) if pixels.dtype == np.uint8 else pixels
+        return np.full((SIDE, SIDE, 3), float(grey.mean()), dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -142,9 +143,10 @@ def assert_own_rows(caller: Caller) -> None:
     np.testing.assert_array_equal(features[:, 0, 0, 0], sent)
 
 
-@pytest.mark.parametrize("max_batch", [1, 3])
-def test_passes_never_overlap_and_every_caller_gets_its_own_rows(max_batch: int) -> None:
+@pytest.mark.parametrize(("max_batch", "streams"), [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_passes_never_overlap_beyond_streams_and_every_caller_gets_its_own_rows(max_batch: int, streams: int) -> None:
     predictor = FakePredictor(delay_s=0.001)
+    predictor.streams = streams  # type: ignore[attr-defined]
     gate = ForwardGate(predictor, max_batch=max_batch)
     threads, calls = 8, 15
     results: dict[float, np.ndarray] = {}
@@ -170,7 +172,7 @@ def test_passes_never_overlap_and_every_caller_gets_its_own_rows(max_batch: int)
     for worker in workers:
         worker.join(WAIT_S * 3)
     assert not errors, errors
-    assert predictor.max_active == 1  # serialized: never two predicts at once
+    assert predictor.max_active <= streams  # never more predicts at once than the predictor has streams
     assert len(results) == threads * calls
     for value, row in results.items():
         np.testing.assert_array_equal(row, np.full(len(FINDINGS), value, dtype=np.float32))
@@ -259,6 +261,29 @@ def test_an_error_with_nobody_waiting_leaves_the_gate_usable() -> None:
     with pytest.raises(ValueError, match="bad input"):
         gate.predict(image_batch(1.0))
     assert gate.predict(image_batch(2.0))[0][0, 0] == 2.0
+
+
+def test_a_second_stream_runs_while_the_first_is_held_and_a_third_caller_waits() -> None:
+    predictor = FakePredictor()
+    predictor.streams = 2  # type: ignore[attr-defined]
+    gate = ForwardGate(predictor)
+    assert gate.slots == 2
+    holder, release = hold_gate(gate, predictor)
+    second_release = threading.Event()
+    predictor.hold = second_release
+    predictor.entered.clear()
+    second = Caller(gate, image_batch(2.0))
+    second.start()
+    assert predictor.entered.wait(WAIT_S)  # entered predict beside the held pass
+    assert predictor.active == 2
+    third = queue_callers(gate, [image_batch(3.0)])[0]  # both streams busy: it waits at the gate
+    assert predictor.active == 2 and len(gate._pending) == 1
+    second_release.set()
+    assert_own_rows(second.finish())
+    assert_own_rows(third.finish())  # took the stream the second one freed
+    release.set()
+    holder.finish()
+    assert predictor.max_active == 2 and gate.passes == 3
 
 
 def test_max_batch_must_be_positive() -> None:

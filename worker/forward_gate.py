@@ -2,12 +2,14 @@
 
 With `xray worker --pool threads --concurrency K` one process holds one model and runs K studies at
 once. Decoding, CAMs, heatmap writes and SQL of some studies then overlap the forward pass of
-another; the forward passes themselves must not overlap (each already uses all of the process's
-inference threads, and an OpenVINO infer request serves one call at a time).
+another; the forward passes themselves must not overlap beyond what the predictor runs at once (its
+`streams`: 1 for TensorFlow and by default, where each pass uses all of the process's inference
+threads; OpenVINO with XRAY_WORKER_STREAMS=N runs N passes on N infer requests, each with its share
+of the threads).
 
-`ForwardGate` wraps a `shared.runtime.Predictor` and lets one forward pass run at a time, first
-come first served. With `max_batch` > 1 it also micro-batches: the requests that arrived while a
-pass was running go together into the next pass, up to `max_batch` images (a deep queue keeps K
+`ForwardGate` wraps a `shared.runtime.Predictor` and lets `predictor.streams` forward passes run at
+a time, first come first served. With `max_batch` > 1 it also micro-batches: the requests that
+arrived while every stream was busy go together into the next pass, up to `max_batch` images (a deep queue keeps K
 threads busy, so up to K - 1 wait at the gate at once). Everything else is the wrapped predictor's.
 """
 
@@ -31,16 +33,17 @@ class _Request:
 
 
 class ForwardGate:
-    """A thread-safe `predict` over one predictor: one pass at a time, waiting requests joined."""
+    """A thread-safe `predict` over one predictor: `streams` passes at a time, waiting requests joined."""
 
     def __init__(self, predictor: Any, max_batch: int = 1) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.predictor = predictor
         self.max_batch = max_batch
+        self.slots = max(1, int(getattr(predictor, "streams", 1)))  # passes that may run at once
         self._lock = threading.Lock()
         self._pending: deque[_Request] = deque()
-        self._running = False
+        self._running = 0
         self.passes = 0  # forward passes run (for the benchmark and tests)
         self.images = 0  # images through them
 
@@ -70,16 +73,16 @@ class ForwardGate:
         return request.result
 
     def _take_turn(self) -> list[_Request] | None:
-        """The next pass's requests (oldest first) if no pass is running, else None."""
+        """The next pass's requests (oldest first) if a stream is free, else None."""
         with self._lock:
-            if self._running or not self._pending:
+            if self._running >= self.slots or not self._pending:
                 return None
             group = [self._pending.popleft()]
             images = len(group[0].batch)
             while self._pending and images + len(self._pending[0].batch) <= self.max_batch:
                 images += len(self._pending[0].batch)
                 group.append(self._pending.popleft())
-            self._running = True
+            self._running += 1
             return group
 
     def _run(self, group: list[_Request]) -> None:
@@ -96,7 +99,7 @@ class ForwardGate:
                 request.error = exc
         finally:
             with self._lock:
-                self._running = False
+                self._running -= 1
                 self.passes += 1
                 self.images += sum(len(r.batch) for r in group)
                 for request in group:
@@ -105,4 +108,4 @@ class ForwardGate:
             for request in group:
                 request.ready.set()
             if waiting:
-                waiting[0].ready.set()  # the oldest waiter runs the next pass
+                waiting[0].ready.set()  # the oldest waiter runs the next pass on the freed stream

@@ -53,7 +53,8 @@ def load_diagnoser(settings: Settings, processes: int = 1) -> object:
     The predictor is always behind a `ForwardGate` (max batch `settings.worker_batch_size`): with
     the threads pool, K task threads share this one model and their forward passes must not overlap;
     with one thread (prefork child, solo) the gate is an uncontended lock. For the threads pool
-    `processes` is 1: its one model gets all of the machine's inference threads."""
+    `processes` is 1: its one model gets all of the machine's inference threads, split into
+    `settings.worker_streams` OpenVINO streams (the gate lets that many passes overlap)."""
     import numpy as np
 
     from shared.diagnosis import Diagnoser
@@ -62,7 +63,7 @@ def load_diagnoser(settings: Settings, processes: int = 1) -> object:
 
     start = time.perf_counter()
     classifier = load_predictor(settings.model_dir, settings.inference_runtime, settings.inference_precision,
-                                processes=processes)
+                                processes=processes, streams=settings.worker_streams)
     size = classifier.input_size
     classifier.predict(np.zeros((1, size, size, 3), dtype=np.float32))
     log.info("model %s (%s, input %d, %s) loaded from %s in %.1f s", classifier.version,
