@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.gradcam import Box, box_from_cam, class_activation_maps
+from shared.gradcam import Box, boxes_from_cams, class_activation_maps
 
 if TYPE_CHECKING:
     from shared.classifier import Classifier
@@ -141,9 +141,9 @@ class Diagnoser:
     ) -> Diagnosis:
         start = time.perf_counter()
         cams = class_activation_maps(features, self.classifier.dense_kernel)
+        boxes = boxes_from_cams(cams, image.width, image.height)
         findings = [
-            self._finding(k, float(probabilities[k]), cams[k], image.width, image.height)
-            for k in range(len(self._labels))
+            self._finding(k, float(probabilities[k]), cams[k], boxes[k]) for k in range(len(self._labels))
         ]
         cam_ms = _ms_since(start)
         timings = {
@@ -161,7 +161,7 @@ class Diagnoser:
             timings_ms=timings,
         )
 
-    def _finding(self, k: int, probability: float, cam: np.ndarray, width: int, height: int) -> FindingResult:
+    def _finding(self, k: int, probability: float, cam: np.ndarray, box: Box | None) -> FindingResult:
         threshold = float(self._thresholds[k])
         return FindingResult(
             label=self._labels[k],
@@ -169,5 +169,5 @@ class Diagnoser:
             threshold=threshold,
             positive=probability >= threshold,
             cam=cam,
-            box=box_from_cam(cam, width, height),
+            box=box,
         )

@@ -17,6 +17,7 @@ from shared.gradcam import (
     CAM_SHEET_KEY,
     Box,
     box_from_cam,
+    boxes_from_cams,
     cam_from_png,
     cam_sheet_png,
     class_activation_maps,
@@ -288,3 +289,32 @@ def test_overlay_is_rgb_at_original_size_with_box(nih_full_images: list[Path]) -
     assert far[0] == far[1] == far[2] == round(pixels[10, 10] * 255)  # no activation: the X-ray itself
     centre = rgb[256, 256]
     assert centre[0] > centre[2]  # hot centre tinted red
+
+
+def _one_box_the_plain_way(cam: np.ndarray, width: int, height: int) -> Box | None:
+    """The per-map rule written out on its own: threshold half the peak, 2-D label, largest region."""
+    from scipy import ndimage
+
+    peak = float(cam.max())
+    if peak <= 0.0:
+        return None
+    grid_h, grid_w = min(height, cam.shape[0] * 8), min(width, cam.shape[1] * 8)
+    labels, count = ndimage.label(upsample(cam, grid_h, grid_w) >= 0.5 * peak)
+    if count == 0:
+        return None
+    rows, cols = ndimage.find_objects(labels)[int(np.argmax(np.bincount(labels.ravel())[1:]))]
+    x0, x1 = round(cols.start * width / grid_w), round(cols.stop * width / grid_w)
+    y0, y1 = round(rows.start * height / grid_h), round(rows.stop * height / grid_h)
+    return Box(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1024, 1024), (224, 224), (30, 50), (800, 400)])
+def test_boxes_of_a_stack_equal_each_map_boxed_alone(width: int, height: int) -> None:
+    rng = np.random.default_rng(width + height)
+    stack = np.stack([np.clip(upsample(rng.random((3, 3)) - 0.3, 7, 7), 0, None) for _ in range(14)])
+    stack[3] = 0.0  # a map with no positive value: no box, and it must not disturb its neighbours
+    stack[5] = np.eye(7)  # diagonal cells touch only at corners: separate regions (4-connectivity)
+    expected = [_one_box_the_plain_way(cam, width, height) for cam in stack]
+    assert boxes_from_cams(stack, width, height) == expected
+    assert expected[3] is None and expected[5] is not None
+    assert [box_from_cam(cam, width, height) for cam in stack] == expected
