@@ -134,25 +134,54 @@ def heatmap_encoding(cams: np.ndarray, repeats: int = 3) -> list[dict[str, Any]]
 # ----------------------------------------------------------------------------- probe process
 
 
+def forward_concurrent_images_per_s(predictor: Any, batch: np.ndarray, callers: int) -> float:
+    """Images/s of predict() at batch 1 from `callers` threads at once (a predictor with that many
+    streams then has every stream busy: its bare forward throughput)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(predictor.predict, [batch[i:i + 1] for i in range(len(batch))]))
+    return len(batch) / (time.perf_counter() - start)
+
+
 def probe_main(argv: list[str]) -> int:
     """`python -m bench.worker --probe RUNTIME PRECISION THREADS PROCESSES BUNDLE IMAGE...`:
-    load the model (timed), say ready, then on each 'go' line run the images at batch 1 and report."""
+    load the model (timed), say ready, then on each 'go' line run the images at batch 1 (the bare
+    forward pass), on each 'path' line run them through the worker path (process_study against this
+    probe's own SQLite and storage, one study at a time, as a prefork child does), and report."""
+    import tempfile
+
     runtime, precision, threads, processes, bundle, *images = argv
     start = time.perf_counter()
+    from shared.diagnosis import Diagnoser
     from shared.runtime import load_predictor
+    from worker.forward_gate import ForwardGate
 
     predictor = load_predictor(bundle, runtime, precision, processes=int(processes), threads=int(threads))
-    batch = preprocessed([Path(p) for p in images], predictor.input_size)
+    paths = [Path(p) for p in images]
+    batch = preprocessed(paths, predictor.input_size)
     predictor.predict(batch[:1])
     load_s = time.perf_counter() - start
-    _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid()})
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        start = time.perf_counter()
-        for i in range(len(batch)):
-            predictor.predict(batch[i:i + 1])
-        _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})
+    diagnoser = Diagnoser(ForwardGate(predictor))
+    with tempfile.TemporaryDirectory(prefix="xray-probe-") as scratch:
+        from bench.worker import WorkerPath
+
+        path = WorkerPath(Path(scratch), paths)
+        path.run(diagnoser)  # warm: SQLite, storage folders, the resize weights
+        _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid()})
+        for line in sys.stdin:
+            command = line.strip()
+            if command not in ("go", "path"):
+                break
+            start = time.perf_counter()
+            if command == "go":
+                for i in range(len(batch)):
+                    predictor.predict(batch[i:i + 1])
+            else:
+                path.run(diagnoser)
+            _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})
+        path.engine.dispose()
     return 0
 
 

@@ -38,6 +38,7 @@ from typing import Any  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.forward import (  # noqa: E402
+    forward_concurrent_images_per_s,
     forward_images_per_s,
     heatmap_encoding,
     matmul_peak_gflops,
@@ -57,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="the batched forward pass's batch size")
     parser.add_argument("--in-flight", type=int, default=3,
                         help="studies in flight in the pipelined worker path (threads sharing one model)")
+    parser.add_argument("--streams", type=int, default=2,
+                        help="OpenVINO streams of the streamed worker path (XRAY_WORKER_STREAMS); 1 skips it")
+    parser.add_argument("--stream-in-flight", type=int, default=4,
+                        help="studies in flight in the streamed worker path")
     parser.add_argument("--repeats", type=int, default=5, help="measured repeats (after one warm-up)")
     parser.add_argument("--original-images", type=int, default=4, help="images per repeat for the original approach")
     parser.add_argument("--e2e-runtimes", default="tensorflow-f32,openvino-bf16",
@@ -196,6 +201,9 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
     batch = preprocessed(paths, size)
     path = WorkerPath(scratch / "worker-path", paths)
     diagnosers = {name: Diagnoser(ForwardGate(p)) for name, p in predictors.items()}
+    streamed = {name: load_predictor(bundle, *split_runtime(name), streams=args.streams)
+                for name in runtimes if args.streams > 1 and name.startswith("openvino")}
+    streamed_diagnosers = {name: Diagnoser(ForwardGate(p)) for name, p in streamed.items()}
     batched = {name: Diagnoser(ForwardGate(p, max_batch=args.in_flight)) for name, p in predictors.items()}
     keras_model = next((p.classifier.model for p in predictors.values() if hasattr(p, "classifier")), None)
     original = batch[: args.original_images]
@@ -212,6 +220,12 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
             rate, timings = path.run(diagnosers[name])
             pipelined, _ = path.run(diagnosers[name], args.in_flight)
             coalesced, _ = path.run(batched[name], args.in_flight)
+            if name in streamed:
+                streams_bare = forward_concurrent_images_per_s(streamed[name], batch, args.streams)
+                streams_path, _ = path.run(streamed_diagnosers[name], args.stream_in_flight)
+                if not warm:
+                    results.add(f"forward_streams/{name}", streams_bare)
+                    results.add(f"worker_path_streams/{name}", streams_path)
             if not warm:
                 results.add(f"worker_path_k/{name}", pipelined)
                 results.add(f"worker_path_kb/{name}", coalesced)
@@ -249,8 +263,10 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
 
 
 def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
-    """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, bare forward at batch 1,
-    alternating within each repeat. Also each process's model load time and RSS."""
+    """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, the bare forward pass at
+    batch 1 and the worker path (each process its own SQLite and storage, one study at a time: what
+    `xray worker --concurrency 2` children do), alternating within each repeat. Also each process's
+    model load time and RSS."""
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
     images = [str(p) for p in common.mixed_images(args.images)]
@@ -271,16 +287,17 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
                     results.add(f"probe_rss_mb/{name}", ready["rss_mb"])
         for repeat in range(args.repeats + 1):
             for (name, layout), group in groups.items():
-                start = time.perf_counter()
-                for proc in group:
-                    assert proc.stdin is not None
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
-                for proc in group:
-                    _read(proc)
-                rate = len(images) * len(group) / (time.perf_counter() - start)
-                if repeat:
-                    results.add(f"layout_{layout}/{name}", rate)
+                for command, key in (("go", "layout"), ("path", "layout_path")):
+                    start = time.perf_counter()
+                    for proc in group:
+                        assert proc.stdin is not None
+                        proc.stdin.write(f"{command}\n")
+                        proc.stdin.flush()
+                    for proc in group:
+                        _read(proc)
+                    rate = len(images) * len(group) / (time.perf_counter() - start)
+                    if repeat:
+                        results.add(f"{key}_{layout}/{name}", rate)
     finally:
         for group in groups.values():
             for proc in group:
@@ -380,8 +397,22 @@ def _run_batch(service: Service, paths: list[Path], timeout_s: float = 900.0) ->
 # ----------------------------------------------------------------------------- report
 
 
-# Nominal peak per core and cycle (Zen 4: two 256-bit FMA pipes = 16 f32 FMAs; VDPBF16PS doubles it).
-NOMINAL_FLOPS_PER_CYCLE = {"f32": 32, "bf16": 64}
+# Nominal peak per core and cycle: two FMA pipes of 256 bits (Zen 2-4, which splits AVX-512 into
+# two halves; AVX2-only CPUs) give 16 f32 FMAs = 32 FLOP, two pipes of 512 bits (Zen 5, Intel
+# server cores with AVX-512) 64 FLOP; bf16 dot products (VDPBF16PS) double either.
+def nominal_flops_per_cycle(cpuinfo: str | None = None) -> dict[str, int]:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines()[:30] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    amd = fields.get("vendor_id") == "AuthenticAMD"
+    wide = "avx512f" in flags and (not amd or int(fields.get("cpu family", "0") or 0) >= 26)
+    f32 = 64 if wide else 32
+    return {"f32": f32, "bf16": 2 * f32}
 
 
 def ceiling(results: Results, runtimes: list[str], input_size: int, boost_ghz: float) -> None:
@@ -391,7 +422,7 @@ def ceiling(results: Results, runtimes: list[str], input_size: int, boost_ghz: f
     flops = resnet50_flops(input_size)
     for precision in sorted({split_runtime(n)[1] for n in runtimes}):
         peak = results.med(f"ceiling_gflops/{precision}")
-        nominal = cpus * boost_ghz * NOMINAL_FLOPS_PER_CYCLE[precision]
+        nominal = cpus * boost_ghz * nominal_flops_per_cycle()[precision]
         results.figures[f"ceiling_gflops/{precision}"] = peak
         results.figures[f"ceiling_images_per_s/{precision}"] = peak * 1e9 / flops
         results.figures[f"nominal_gflops/{precision}"] = nominal
@@ -427,13 +458,25 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
     ceilings = [[p, f[f"ceiling_gflops/{p}"], f[f"ceiling_images_per_s/{p}"], f[f"nominal_gflops/{p}"],
                  f[f"nominal_images_per_s/{p}"]]
                 for p in sorted({split_runtime(n)[1] for n in runtimes})]
-    common.print_table(f"Compute ceiling (OpenVINO matmul 2048^3/4096^3, all CPUs; nominal at {args.boost_ghz} GHz; "
+    common.print_table(f"Compute ceiling (OpenVINO matmul 2048^3/4096^3, all CPUs; nominal at {args.boost_ghz} GHz x "
+                       f"{nominal_flops_per_cycle()['f32']} f32 FLOP/cycle; "
                        "ResNet50 = 8.2 GFLOP at 224)", ceilings,
                        ["precision", "measured GFLOP/s", "images/s", "nominal GFLOP/s", "images/s"])
+    if streamed := [n for n in runtimes if f"forward_streams/{n}" in results.samples]:
+        common.print_table(f"2s. {args.streams} OpenVINO streams in one process, {args.stream_in_flight} studies in "
+                           "flight (threads), images/s", [
+            [n, med(f"forward_streams/{n}"), med(f"worker_path_streams/{n}"),
+             med(f"worker_path_streams/{n}") / med(f"forward_streams/{n}"),
+             med(f"worker_path_streams/{n}") / med(f"forward_b1/{n}")] for n in streamed],
+            ["runtime", f"bare forward, {args.streams} streams busy", "worker path", "path / bare (same streams)",
+             "path / forward b1 (1 stream)"])
     if any(k.startswith("layout_") for k in results.samples):
-        common.print_table("Threads versus processes, bare forward b1 (images/s, whole machine)", [
-            [n, med(f"layout_1x2/{n}"), med(f"layout_2x1/{n}"), med(f"layout_2x1/{n}") / med(f"layout_1x2/{n}")]
-            for n in runtimes], ["runtime", "1 proc x 2 threads", "2 procs x 1 thread", "ratio"])
+        common.print_table("Threads versus processes: bare forward b1 and the worker path (images/s, whole machine)", [
+            [n, med(f"layout_1x2/{n}"), med(f"layout_2x1/{n}"), med(f"layout_2x1/{n}") / med(f"layout_1x2/{n}"),
+             med(f"layout_path_1x2/{n}"), med(f"layout_path_1x2/{n}") / med(f"layout_1x2/{n}"),
+             med(f"layout_path_2x1/{n}"), med(f"layout_path_2x1/{n}") / med(f"layout_2x1/{n}")]
+            for n in runtimes], ["runtime", "bare 1 proc x 2 threads", "bare 2 procs x 1 thread", "ratio",
+                                 "path 1x2", "path/bare 1x2", "path 2x1", "path/bare 2x1"])
     if e2e:
         rows = []
         for name in e2e:

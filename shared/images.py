@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared import png_fast
 from shared.config import ImageLimits
 
 logger = logging.getLogger(__name__)
@@ -179,10 +180,15 @@ def read_image_file(path: str | Path, limits: ImageLimits) -> XRayImage:
 class _Opened:
     info: ImageInfo
     handle: Any  # a lazily-loaded PIL image or a pydicom Dataset
+    png: bytes | None = None  # the file, for an 8-bit greyscale PNG with no orientation to apply
 
     def decode(self) -> np.ndarray:
         if self.info.format == "dicom":
             return _decode_dicom(self.handle)
+        if self.png is not None:  # the common X-ray PNG: shared.png_fast, Pillow whenever it declines
+            levels = png_fast.decode_grey8(self.png)
+            if levels is not None:
+                return levels
         return _decode_pil(self.handle, self.info.format)
 
 
@@ -263,7 +269,8 @@ def _open_pil(data: bytes, fmt: str, limits: ImageLimits) -> _Opened:
         orientation = exif_orientation if fmt == "png" else image.getexif().get(_EXIF_ORIENTATION)
     if orientation in _ROTATED_ORIENTATIONS:
         width, height = height, width
-    return _Opened(ImageInfo(fmt, width, height, None), image)
+    fast_png = fmt == "png" and image.mode == "L" and orientation is None
+    return _Opened(ImageInfo(fmt, width, height, None), image, data if fast_png else None)
 
 
 def _pil_open(data: bytes, fmt: str, limits: ImageLimits, corrupt: str) -> Image.Image:

@@ -343,3 +343,23 @@ def test_dicom_corrupt_compressed_pixels_fail_on_read_only(nih_small_png: Path) 
     with pytest.raises(InvalidImage, match="^DICOM pixel data could not be decoded") as excinfo:
         read_image(data, LIMITS)
     assert excinfo.value.__cause__ is not None
+
+
+def test_8bit_grey_png_goes_through_the_fast_decoder_with_pillows_pixels(nih_png: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import png_fast
+
+    if not png_fast.AVAILABLE:
+        pytest.skip(png_fast.describe())
+    data = nih_png.read_bytes()
+    calls: list[int] = []
+    real = png_fast.decode_grey8
+    monkeypatch.setattr(png_fast, "decode_grey8", lambda data: calls.append(len(data)) or real(data))
+    image = read_image(data, LIMITS)
+    assert calls == [len(data)]
+    assert image.source.dtype == np.uint8
+    np.testing.assert_array_equal(image.source, np.asarray(Image.open(nih_png)))
+    monkeypatch.setattr(png_fast, "decode_grey8", lambda data: None)  # declined: Pillow decodes it
+    fallback = read_image(data, LIMITS)
+    np.testing.assert_array_equal(fallback.source, image.source)
+    np.testing.assert_array_equal(fallback.pixels, image.pixels)

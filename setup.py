@@ -1,0 +1,18 @@
+"""Build hook for the optional C extension; all metadata lives in pyproject.toml.
+
+`optional=True` means a machine without a C compiler still installs the package:
+shared.png_fast then reports the fast path as unavailable and callers use Pillow.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "shared._png_unfilter",
+            ["shared/_png_unfilter.c"],
+            optional=True,
+            extra_compile_args=["-O3"],
+        )
+    ]
+)
