@@ -3,9 +3,11 @@
     python -m bench.decode [--images 16] [--repeats 5]
 
 On the nih-full PNGs (1024 x 1024, 8-bit) it times, per image and single-threaded (best of the
-repeats): the service's own stages (`read_image`: Pillow decode plus the float conversion;
-`preprocess`: the resize to the model's input and the normalisation), and Pillow's bare PNG decode
-next to the other decoders that are installed (pyspng, imagecodecs' libpng and spng, OpenCV; none of
+repeats): the service's own stages (`read_image`: the decode to uint8 levels, through
+`shared.png_fast` when it is built; `preprocess` of those levels: the resize to the model's input and
+the normalisation), the same stages the way the service did them before (Pillow's decode, a float
+copy in [0, 1], Pillow's float resize), and the bare PNG decoders: the service's fast path, Pillow,
+and the other decoders that are installed (pyspng, imagecodecs' libpng and spng, OpenCV; none of
 them is a project dependency: install them into a scratch folder and put it on PYTHONPATH to
 compare). Each decoder's pixels are checked against Pillow's: a faster decoder that disagrees is
 reported as such. These are the per-study CPU figures behind the worker-path bound in
@@ -24,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from bench import common
-from shared.classifier import preprocess
+from shared import png_fast
+from shared.classifier import CAFFE_MEAN_BGR, PREPROCESSING, preprocess
 from shared.config import ImageLimits
 from shared.images import read_image
 
@@ -33,6 +36,14 @@ Decoder = Callable[[bytes], np.ndarray]
 
 def _pillow(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _before(data: bytes, input_size: int) -> np.ndarray:
+    """The earlier service path, for comparison: Pillow decode, float copy, Pillow float resize."""
+    pixels = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / np.float32(255.0)
+    resized = np.asarray(Image.fromarray(pixels).resize((input_size, input_size), Image.Resampling.BILINEAR))
+    scaled = np.clip(resized, 0.0, 1.0) * np.float32(PREPROCESSING["scale"])
+    return scaled[:, :, None] - np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
 
 
 def optional_decoders() -> dict[str, Decoder]:
@@ -86,23 +97,32 @@ def main(argv: list[str] | None = None) -> None:
 
     datas = full_size_pngs(args.images)
     limits = ImageLimits()
-    pixels = [read_image(d, limits).pixels for d in datas]
+    sources = [read_image(d, limits).source for d in datas]
+    size = args.input_size
     print(common.machine_description())
-    print(f"{len(datas)} nih-full PNGs of 1024 x 1024, best of {args.repeats}, one thread")
+    print(f"{len(datas)} nih-full PNGs of 1024 x 1024, best of {args.repeats}, one thread; {png_fast.describe()}")
+
+    read_ms = best_ms_per_item(datas, lambda d: read_image(d, limits), args.repeats)  # type: ignore[arg-type]
+    preprocess_ms = best_ms_per_item(sources, lambda p: preprocess(p, size), args.repeats)  # type: ignore[arg-type]
+    before_ms = best_ms_per_item(datas, lambda d: _before(d, size), args.repeats)  # type: ignore[arg-type]
+    stage_rows: list[list[object]] = [
+        ["read_image (decode to uint8 levels)", f"{read_ms:.2f}"],
+        [f"preprocess of the levels (resize to {size}, normalise)", f"{preprocess_ms:.2f}"],
+        ["both", f"{read_ms + preprocess_ms:.2f}"],
+        ["before: Pillow decode + float copy + Pillow float resize", f"{before_ms:.2f}"],
+        ["speed-up", f"{before_ms / (read_ms + preprocess_ms):.2f}"],
+    ]
+    common.print_table("service stages", stage_rows, ["stage", "ms per image"])
 
     reference = [_pillow(d) for d in datas]
     pillow_ms = best_ms_per_item(datas, _pillow, args.repeats)  # type: ignore[arg-type]
-    stage_rows: list[list[object]] = [
-        ["read_image (Pillow decode + float [0, 1])", best_ms_per_item(datas, lambda d: read_image(d, limits),  # type: ignore[arg-type]
-                                                                       args.repeats)],
-        [f"preprocess (resize to {args.input_size}, normalise)",
-         best_ms_per_item(pixels, lambda p: preprocess(p, args.input_size), args.repeats)],  # type: ignore[arg-type]
-    ]
-    common.print_table("service stages", [[name, f"{ms:.2f}"] for name, ms in stage_rows],
-                       ["stage", "ms per image"])
-
-    rows: list[list[object]] = [["Pillow (the service's)", f"{pillow_ms:.2f}", "1.00", "reference"]]
-    for name, decode in optional_decoders().items():
+    rows: list[list[object]] = [["Pillow (the service's fallback)", f"{pillow_ms:.2f}", "1.00", "reference"]]
+    decoders: dict[str, Decoder | None] = {"shared.png_fast (the service's)": png_fast.decode_grey8}
+    decoders.update(optional_decoders())
+    for name, decode in decoders.items():
+        if decode is None or decode(datas[0]) is None:
+            rows.append([name, "n/a", "", png_fast.describe()])
+            continue
         same = all(np.array_equal(np.squeeze(decode(d)), ref) for d, ref in zip(datas, reference, strict=True))
         ms = best_ms_per_item(datas, decode, args.repeats)  # type: ignore[arg-type]
         rows.append([name, f"{ms:.2f}", f"{pillow_ms / ms:.2f}", "identical" if same else "DIFFERENT"])

@@ -17,9 +17,11 @@ def test_it_times_the_service_stages_and_pillow_on_1024_px_pngs(
     decode.main(["--images", "2", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "2 nih-full PNGs of 1024 x 1024" in out
-    assert "| read_image (Pillow decode + float [0, 1]) |" in out
-    assert "| preprocess (resize to 224, normalise) |" in out
-    assert "| Pillow (the service's) |" in out
+    assert "| read_image (decode to uint8 levels) |" in out
+    assert "| preprocess of the levels (resize to 224, normalise) |" in out
+    assert "| before: Pillow decode + float copy + Pillow float resize |" in out
+    assert "| Pillow (the service's fallback) |" in out
+    assert "| shared.png_fast (the service's) |" in out
     assert "DIFFERENT" not in out  # any optional decoder present must agree with Pillow
 
 
