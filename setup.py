@@ -1,7 +1,8 @@
-"""Build hook for the optional C extension; all metadata lives in pyproject.toml.
+"""Build hook for the optional C extensions; all metadata lives in pyproject.toml.
 
 `optional=True` means a machine without a C compiler still installs the package:
-shared.png_fast then reports the fast path as unavailable and callers use Pillow.
+shared.png_fast then reports the fast path as unavailable and callers use Pillow, and
+shared.resize converts 8-bit images to float before its sparse product.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             ["shared/_png_unfilter.c"],
             optional=True,
             extra_compile_args=["-O3"],
-        )
+        ),
+        Extension(
+            "shared._resample",
+            ["shared/_resample.c"],
+            optional=True,
+            extra_compile_args=["-O3"],
+        ),
     ]
 )

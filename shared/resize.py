@@ -7,7 +7,8 @@ pixels within `scale` of its centre with a triangle weight, normalised to sum to
 `rows @ image @ columns.T` with scipy's sparse matrices. Two reasons not to call Pillow:
 
 - it reads uint8 levels directly: an 8-bit image need not be turned into a full-size float copy
-  first (for a 1024 px X-ray that copy alone costs more than the resize);
+  first (for a 1024 px X-ray that copy alone costs more than the resize). The first product then
+  runs in `shared._resample` (C, optional: without it scipy converts the levels to float32 first);
 - it is faster for the same floats (0.7 versus 1.1 ms for 1024 -> 224 on the development machine).
 
 The weights for a pair of sizes are built once per process (a few hundred microseconds) and kept.
@@ -19,6 +20,11 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
+
+try:
+    from shared import _resample
+except ImportError:  # the C extension is optional at install time
+    _resample = None  # type: ignore[assignment]
 
 _BILINEAR_SUPPORT = 1.0  # Pillow's bilinear (triangle) filter reaches one input pixel each side
 
@@ -61,8 +67,28 @@ def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
     height, width = pixels.shape
     if (height, width) == (size, size):
         return pixels.astype(np.float32, copy=True)
+    vertical, horizontal = bilinear_weights(height, size), bilinear_weights(width, size)
+    if _resample is not None and pixels.dtype == np.uint8:
+        levels = np.ascontiguousarray(pixels)
+        rows = np.empty((size, width), dtype=np.float32)
+        _resample.rows_u8(*_csr(vertical), levels, rows, height, width)
+        out = np.empty((size, size), dtype=np.float32)
+        _resample.cols_f32(*_csr(horizontal), rows, out, size, width)
+        return out
     if pixels.dtype not in (np.uint8, np.float32):
         pixels = pixels.astype(np.float32)
-    rows = bilinear_weights(height, size) @ pixels  # (size, W): scipy upcasts uint8 to float32
-    return np.ascontiguousarray((bilinear_weights(width, size) @ np.asarray(rows, np.float32).T).T,
-                                dtype=np.float32)
+    rows = np.asarray(vertical @ pixels, dtype=np.float32)  # (size, W): scipy upcasts uint8 to float32
+    return np.ascontiguousarray((horizontal @ rows.T).T, dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _csr_arrays(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    matrix = bilinear_weights(in_size, out_size)
+    return (np.ascontiguousarray(matrix.indptr, dtype=np.int32), np.ascontiguousarray(matrix.indices, dtype=np.int32),
+            np.ascontiguousarray(matrix.data, dtype=np.float32))
+
+
+def _csr(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (indptr, indices, weights) buffers the C passes read, kept with the matrix's sizes."""
+    return _csr_arrays(matrix.shape[1], matrix.shape[0])
+

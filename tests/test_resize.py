@@ -68,3 +68,30 @@ def test_preprocess_of_levels_equals_preprocess_of_pixels(nih_full_images: list[
     image = read_image(nih_full_images[0].read_bytes(), LIMITS)
     assert image.source.dtype == np.uint8
     np.testing.assert_allclose(preprocess(image.source, 224), preprocess(image.pixels, 224), atol=1e-4, rtol=0)
+
+
+def test_the_c_passes_give_scipys_sums_and_check_their_buffers(nih_full_images: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import resize
+
+    if resize._resample is None:
+        pytest.skip("shared._resample is not built (no C compiler at install time)")
+    levels = np.asarray(Image.open(nih_full_images[1]).convert("L"))
+    odd = np.random.default_rng(3).integers(0, 256, (77, 131), dtype=np.uint8)
+    with_c = [resize_grey(levels, 224), resize_grey(odd, 64)]
+    monkeypatch.setattr(resize, "_resample", None)  # scipy's products
+    np.testing.assert_allclose(with_c[0], resize_grey(levels, 224), atol=1e-4, rtol=0)  # level units
+    np.testing.assert_allclose(with_c[1], resize_grey(odd, 64), atol=1e-4, rtol=0)
+    monkeypatch.undo()
+
+    from shared import _resample
+
+    indptr, indices, weights = resize._csr(bilinear_weights(4, 2))
+    out = np.empty((2, 3), np.float32)
+    _resample.rows_u8(indptr, indices, weights, np.zeros((4, 3), np.uint8), out, 4, 3)
+    with pytest.raises(ValueError, match="sizes"):
+        _resample.rows_u8(indptr, indices, weights, np.zeros((4, 2), np.uint8), out, 4, 3)
+    with pytest.raises(ValueError, match="outside"):
+        _resample.rows_u8(indptr, indices, weights, np.zeros((3, 3), np.uint8), np.empty((2, 3), np.float32), 3, 3)
+    with pytest.raises(ValueError, match="sizes"):
+        _resample.cols_f32(indptr, indices, weights, np.zeros((3, 4), np.float32), np.empty((3, 3), np.float32), 3, 4)
