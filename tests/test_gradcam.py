@@ -201,6 +201,7 @@ def test_cam_sheet_round_trip_is_16_bit_and_tiny() -> None:
     assert image.mode in ("I;16", "I") and image.size == (7, 7 * 14)
     assert image.info[CAM_SHEET_KEY] == ",".join(FINDINGS)
     assert len(data) < 3000  # 14 maps of 49 16-bit values
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure as a PNG reader checks them
     for label, cam in maps.items():
         back = cam_from_png(data, label)
         assert back.dtype == np.float32 and back.shape == (7, 7)
