@@ -131,10 +131,12 @@ def preprocess(pixels: np.ndarray, input_size: int) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"preprocess expects a greyscale (H, W) array, got shape {pixels.shape}")
     white = _UINT8_WHITE if pixels.dtype == np.uint8 else 1.0
-    resized = resize_grey(pixels, input_size)
-    scaled = np.clip(resized, 0.0, white) * np.float32(PREPROCESSING["scale"] / white)
-    mean = np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
-    return scaled[:, :, None] - mean[None, None, :]
+    scaled = resize_grey(pixels, input_size)  # a new float32 array: changed in place below
+    np.clip(scaled, 0.0, white, out=scaled)
+    scaled *= np.float32(PREPROCESSING["scale"] / white)
+    out = np.empty((input_size, input_size, 3), dtype=np.float32)
+    np.subtract(scaled[:, :, None], np.asarray(CAFFE_MEAN_BGR, dtype=np.float32), out=out)
+    return out
 
 
 def preprocess_batch(images: list[np.ndarray], input_size: int) -> np.ndarray:

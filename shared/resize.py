@@ -61,7 +61,7 @@ def bilinear_weights(in_size: int, out_size: int) -> sp.csr_matrix:
 
 
 def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) greyscale, float or uint8 -> (size, size) float32 in the input's own units."""
+    """(H, W) greyscale, float or uint8 -> a new (size, size) float32 array in the input's own units."""
     if pixels.ndim != 2:
         raise ValueError(f"resize_grey expects a greyscale (H, W) array, got shape {pixels.shape}")
     height, width = pixels.shape
