@@ -146,12 +146,23 @@ class WorkerPath:
         """Studies/s through process_study with `in_flight` studies at once (threads sharing one
         model behind a ForwardGate, as `xray worker --pool threads --concurrency K` runs them), and
         each study's recorded stage timings."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from sqlalchemy import select
 
         from shared.db import session_scope
         from shared.models import Study
+
+        ids = self.add_studies()
+        start = time.perf_counter()
+        self.process(diagnoser, ids, in_flight)
+        rate = len(ids) / (time.perf_counter() - start)
+        with session_scope(self.factory) as session:
+            timings = list(session.scalars(select(Study.timings).where(Study.id.in_(ids))))
+        return rate, timings
+
+    def process(self, diagnoser: Any, ids: list[int], in_flight: int = 1) -> None:
+        """process_study for each id, `in_flight` at once; every study must end done."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from worker.processing import process_study
 
         def one(study_id: int) -> None:
@@ -159,18 +170,12 @@ class WorkerPath:
             if outcome.status != "done":
                 raise RuntimeError(f"study {study_id} ended {outcome.status}: {outcome.reason}")
 
-        ids = self.add_studies()
-        start = time.perf_counter()
         if in_flight == 1:
             for study_id in ids:
                 one(study_id)
         else:
             with ThreadPoolExecutor(in_flight) as pool:
                 list(pool.map(one, ids))
-        rate = len(ids) / (time.perf_counter() - start)
-        with session_scope(self.factory) as session:
-            timings = list(session.scalars(select(Study.timings).where(Study.id.in_(ids))))
-        return rate, timings
 
 
 def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
@@ -184,6 +189,35 @@ def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
     for data in originals:
         diagnoser.diagnose(read_image(data, ImageLimits()))
     return len(originals) / (time.perf_counter() - start)
+
+
+class ReplayedForward:
+    """A stand-in for a predictor that answers every forward pass at once with real outputs it
+    recorded earlier: the worker path through it costs only what a study needs besides the forward
+    pass (decode, preprocess, CAMs and boxes, the sheet, SQL, storage). For measuring that cost only."""
+
+    def __init__(self, predictor: Any, batch: Any) -> None:
+        self.predictor = predictor
+        self.probabilities, self.features = predictor.predict(batch[:1])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)
+
+    def predict(self, batch: Any) -> tuple[Any, Any]:
+        import numpy as np
+
+        return np.repeat(self.probabilities, len(batch), 0), np.repeat(self.features, len(batch), 0)
+
+
+def outside_forward_cpu_ms(path: WorkerPath, predictor: Any, batch: Any) -> float:
+    """CPU ms per study of the worker path without its forward pass (one study at a time)."""
+    from shared.diagnosis import Diagnoser
+
+    diagnoser = Diagnoser(ReplayedForward(predictor, batch))
+    ids = path.add_studies()
+    start = time.process_time()
+    path.process(diagnoser, ids)
+    return (time.process_time() - start) / len(ids) * 1000.0
 
 
 def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scratch: Path, results: Results) -> None:
@@ -217,6 +251,7 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
             bn = forward_images_per_s(predictors[name], batch, args.batch)
             bk = forward_images_per_s(predictors[name], batch, args.in_flight)
             diagnose_only = _diagnose_only(diagnosers[name], paths)
+            outside = outside_forward_cpu_ms(path, predictors[name], batch)
             rate, timings = path.run(diagnosers[name])
             pipelined, _ = path.run(diagnosers[name], args.in_flight)
             coalesced, _ = path.run(batched[name], args.in_flight)
@@ -230,6 +265,7 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
                 results.add(f"worker_path_k/{name}", pipelined)
                 results.add(f"worker_path_kb/{name}", coalesced)
                 results.add(f"diagnose_only/{name}", diagnose_only)
+                results.add(f"outside_forward_cpu_ms/{name}", outside)
                 results.add(f"forward_b1/{name}", b1)
                 results.add(f"forward_b{args.batch}/{name}", bn)
                 results.add(f"forward_bk/{name}", bk)
@@ -477,6 +513,19 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
              med(f"layout_path_2x1/{n}"), med(f"layout_path_2x1/{n}") / med(f"layout_2x1/{n}")]
             for n in runtimes], ["runtime", "bare 1 proc x 2 threads", "bare 2 procs x 1 thread", "ratio",
                                  "path 1x2", "path/bare 1x2", "path 2x1", "path/bare 2x1"])
+    if any(k.startswith("outside_forward_cpu_ms/") for k in results.samples):
+        cpus = len(os.sched_getaffinity(0))
+        rows = []
+        for n in runtimes:
+            bare = med(f"layout_2x1/{n}") if f"layout_2x1/{n}" in results.samples else med(f"forward_b1/{n}")
+            forward_ms = cpus * 1000.0 / bare  # CPU ms per image with every core in the forward pass
+            outside = med(f"outside_forward_cpu_ms/{n}")
+            measured = (med(f"layout_path_2x1/{n}") / bare) if f"layout_path_2x1/{n}" in results.samples else ""
+            rows.append([n, forward_ms, outside, forward_ms / (forward_ms + outside), measured])
+        common.print_table("The bound: CPU per study outside the forward pass (one study at a time, the forward "
+                           "replayed) against the forward pass's CPU per image", rows,
+                           ["runtime", "forward CPU ms / image", "outside CPU ms / study",
+                            "bound F / (F + O)", "measured path / bare 2x1"])
     if e2e:
         rows = []
         for name in e2e:
