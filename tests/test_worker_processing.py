@@ -6,12 +6,13 @@ Also shared/triage.py (the worklist order) and worker/reconcile.py (which studie
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -19,7 +20,7 @@ from shared.findings import FINDINGS, URGENCY
 from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
-from shared.storage import Storage
+from shared.storage import FULL_MESSAGE, Storage, StorageError
 from shared.triage import due_at, triage, urgency
 from worker.processing import RetryLater, process_study, retry_delay_s
 from worker.reconcile import claim_stale_studies
@@ -155,6 +156,58 @@ def test_database_error_retries_then_succeeds(db, storage, diagnoser, settings: 
     assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
     row, findings = snapshot(db, study_id)
     assert row["attempts"] == 2 and row["error"] is None and len(findings) == 14
+
+
+class SlowSheetStorage(Storage):
+    """Storage whose sheet writes take 0.3 s and note what the database showed meanwhile."""
+
+    def __init__(self, root: Path, factory) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(root)
+        self.factory = factory
+        self.seen_while_writing: list[str] = []
+        self.written_at: list[float] = []
+
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        time.sleep(0.3)  # the record's UPDATE and INSERT run meanwhile, uncommitted
+        with session_scope(self.factory) as session:
+            self.seen_while_writing.append(session.scalar(select(Study.status).where(Study.id == study_id)))
+        relpath = super().put_cam_sheet(study_id, data)
+        self.written_at.append(time.monotonic())
+        return relpath
+
+
+def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, diagnoser,
+                                                      nih_full_images: list[Path]) -> None:
+    """The sheet is written in the background while the record's SQL runs; the commit waits for it."""
+    storage = SlowSheetStorage(settings.storage_dir, db)
+    study_id = add_study(db, storage, nih_full_images[2].read_bytes())
+    commits: list[float] = []
+    event.listen(db.kw["bind"], "commit", lambda _connection: commits.append(time.monotonic()))
+    assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
+    assert storage.seen_while_writing == ["processing"]
+    assert len(storage.written_at) == 1 and commits[-1] > storage.written_at[0]
+    row, findings = snapshot(db, study_id)
+    assert row["status"] == "done" and len(findings) == 14
+    assert row["timings"]["write"] >= 300.0  # the sheet's own write time, recorded after it ended
+    assert cam_from_png(storage.read(findings[0][3]), findings[0][1]).shape == (2, 2)
+
+
+class FullSheetStorage(Storage):
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        time.sleep(0.1)
+        raise StorageError(FULL_MESSAGE)
+
+
+def test_failed_sheet_write_rolls_the_record_back(db, settings: Settings, diagnoser,
+                                                  nih_full_images: list[Path]) -> None:
+    storage = FullSheetStorage(settings.storage_dir)
+    study_id = add_study(db, storage, nih_full_images[3].read_bytes())
+    with pytest.raises(RetryLater) as caught:
+        process_study(db, storage, diagnoser, study_id, settings=settings)
+    assert caught.value.reason == FULL_MESSAGE
+    row, findings = snapshot(db, study_id)
+    assert row["status"] == "processing" and row["error"] == FULL_MESSAGE and row["timings"] is None
+    assert findings == []  # the findings inserted before the write failed were rolled back
 
 
 def test_database_error_on_last_attempt_fails(db, storage, diagnoser, settings: Settings,

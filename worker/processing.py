@@ -5,10 +5,12 @@
    started_at); a done or failed study is left as it is (idempotent redelivery);
 2. reads the original from storage, decodes it (`shared.images.read_image`), diagnoses it;
 3. stores all 14 low-resolution CAMs as one 16-bit PNG sheet (`shared.gradcam.cam_sheet_png`,
-   `Storage.put_cam_sheet`, one durable write); every finding's `heatmap_path` is that sheet and the
-   web renders the finding's colour layer from it on request;
+   `Storage.put_cam_sheet`, one durable write, started as soon as the CAMs exist and finished by a
+   writer thread while the boxes and the SQL below run: `worker.sheet_writer`); every finding's
+   `heatmap_path` is that sheet and the web renders the finding's colour layer from it on request;
 4. in ONE transaction writes the 14 Finding rows and status done with model version, timings,
-   urgency and due_at, but only if no other delivery finished the study meanwhile.
+   urgency and due_at, but only if no other delivery finished the study meanwhile, and commits only
+   once the sheet is durable (a failed write rolls it back).
 
 Unreadable images and missing originals end `failed` with a reason a person can act on. Transient
 errors (database, Redis, storage I/O) raise `RetryLater`; the caller retries with `retry_delay_s`. A
@@ -32,11 +34,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.gradcam import cam_sheet_png
 from shared.images import InvalidImage, read_image
 from shared.models import Finding, Study, StudyStatus
 from shared.storage import Storage, StorageError, StoredFileMissing
 from shared.triage import triage
+from worker.sheet_writer import PendingSheet, start_sheet_write
 
 if TYPE_CHECKING:
     from shared.diagnosis import Diagnoser, Diagnosis
@@ -80,6 +82,8 @@ _RECORD = (
             **{name: bindparam(name, type_=_STUDIES.c[name].type) for name in _RECORDED})
 )
 _INSERT_FINDINGS = insert(_FINDINGS)
+_TIMINGS = (update(_STUDIES).where(_STUDIES.c.id == bindparam("study_id"))
+            .values(timings=bindparam("timings", type_=_STUDIES.c.timings.type)))
 
 
 class RetryLater(Exception):
@@ -200,26 +204,24 @@ def _diagnose_and_record(session_factory: sessionmaker[Session], storage: Storag
     start = time.perf_counter()
     image = read_image(data, settings.limits)
     decode_ms = _ms_since(start)
-    diagnosis = diagnoser.diagnose(image)
-    sheet_path, encode_ms, write_ms = _write_heatmaps(storage, study_id, diagnosis)
-    timings = {"read": read_ms, "decode": decode_ms, **diagnosis.timings_ms,
-               "heatmap": encode_ms, "write": write_ms}
-    return _record(session_factory, study_id, diagnosis, sheet_path, timings, settings, now())
-
-
-def _write_heatmaps(storage: Storage, study_id: int, diagnosis: Diagnosis) -> tuple[str, float, float]:
-    """Every finding's CAM in one 16-bit PNG sheet, written durably: its path, encode ms, write ms."""
-    start = time.perf_counter()
-    sheet = cam_sheet_png({finding.label: finding.cam for finding in diagnosis.findings})
-    encode_ms = _ms_since(start)
-    start = time.perf_counter()
-    path = storage.put_cam_sheet(study_id, sheet)
-    return path, encode_ms, _ms_since(start)
+    sheets: list[PendingSheet] = []
+    try:
+        diagnosis = diagnoser.diagnose(
+            image, on_maps=lambda _index, cams: sheets.append(start_sheet_write(storage, study_id, cams)))
+        if len(sheets) != 1:
+            raise RuntimeError(f"the diagnoser handed over {len(sheets)} sets of maps for one image")
+        timings = {"read": read_ms, "decode": decode_ms, **diagnosis.timings_ms, "heatmap": sheets[0].encode_ms}
+        return _record(session_factory, study_id, diagnosis, sheets[0], timings, settings, now())
+    finally:
+        for sheet in sheets:  # nothing of this study is still being written when it returns
+            sheet.settle()
 
 
 def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Diagnosis,
-            sheet_path: str, timings: dict[str, float], settings: Settings,
+            sheet: PendingSheet, timings: dict[str, float], settings: Settings,
             finished_at: datetime) -> Outcome:
+    """Record the diagnosis in one transaction that commits once `sheet` is durable; `timings`
+    gains the sheet's write time."""
     result = triage(diagnosis.findings, finished_at, settings.triage_max_wait_minutes)
     with session_scope(session_factory) as session:
         connection = session.connection()
@@ -229,12 +231,13 @@ def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Di
             "study_id": study_id,
             "model_version": diagnosis.model_version, "model_trained": diagnosis.model_trained,
             "width": diagnosis.image_width, "height": diagnosis.image_height,
-            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "timings": _rounded(timings),
             "urgency": result.urgency, "due_at": result.due_at, "finished_at": finished_at,
         }).rowcount
         if updated != 1:
             log.info("study %s was finished by another delivery; keeping that result", study_id)
             return Outcome(study_id, "skipped", "finished by another delivery")
+        sheet_path = sheet.relpath
         connection.execute(_INSERT_FINDINGS, [  # one Core executemany, no ORM objects
             {
                 "study_id": study_id,
@@ -250,6 +253,10 @@ def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Di
             }
             for f in diagnosis.findings
         ])
+        # The sheet has been syncing while the above ran; commit only once it is on disk (a
+        # StorageError here rolls the record back and the study is retried).
+        timings["write"] = sheet.wait()
+        connection.execute(_TIMINGS, {"study_id": study_id, "timings": _rounded(timings)})
     log.info("study %s done: urgency %.3f, %d positive", study_id, result.urgency, len(diagnosis.positives))
     return Outcome(study_id, StudyStatus.DONE.value)
 
@@ -286,6 +293,10 @@ def _note_error(session_factory: sessionmaker[Session], study_id: int, reason: s
                             .values(error=reason[:MAX_REASON_CHARS], updated_at=at))
     except TRANSIENT_ERRORS as exc:
         log.warning("study %s: could not record the error: %s", study_id, exc)
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def _ms_since(start: float) -> float:
