@@ -7,7 +7,7 @@ WORKERS ?= 1
 
 .PHONY: install run test lint clean
 
-$(BIN)/xray: pyproject.toml
+$(BIN)/xray: pyproject.toml setup.py $(wildcard shared/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

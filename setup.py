@@ -2,7 +2,8 @@
 
 `optional=True` means a machine without a C compiler still installs the package:
 shared.png_fast then reports the fast path as unavailable and callers use Pillow, and
-shared.resize converts 8-bit images to float before its sparse product.
+shared.resize converts 8-bit images to float before its sparse product, and
+shared.storage writes CAM sheets on the caller's thread.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             ["shared/_png_unfilter.c"],
             optional=True,
             extra_compile_args=["-O3"],
+        ),
+        Extension(
+            "shared._durable",
+            ["shared/_durable.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-pthread"],
         ),
         Extension(
             "shared._resample",

@@ -20,7 +20,7 @@ from shared.findings import FINDINGS, URGENCY
 from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
-from shared.storage import FULL_MESSAGE, Storage, StorageError
+from shared.storage import FULL_MESSAGE, PendingWrite, Storage, StorageError
 from shared.triage import due_at, triage, urgency
 from worker.processing import RetryLater, process_study, retry_delay_s
 from worker.reconcile import claim_stale_studies
@@ -159,7 +159,7 @@ def test_database_error_retries_then_succeeds(db, storage, diagnoser, settings: 
 
 
 class SlowSheetStorage(Storage):
-    """Storage whose sheet writes take 0.3 s and note what the database showed meanwhile."""
+    """Storage whose sheet writes end 0.3 s late, noting what the database showed meanwhile."""
 
     def __init__(self, root: Path, factory) -> None:  # type: ignore[no-untyped-def]
         super().__init__(root)
@@ -167,13 +167,22 @@ class SlowSheetStorage(Storage):
         self.seen_while_writing: list[str] = []
         self.written_at: list[float] = []
 
-    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
-        time.sleep(0.3)  # the record's UPDATE and INSERT run meanwhile, uncommitted
-        with session_scope(self.factory) as session:
-            self.seen_while_writing.append(session.scalar(select(Study.status).where(Study.id == study_id)))
-        relpath = super().put_cam_sheet(study_id, data)
-        self.written_at.append(time.monotonic())
-        return relpath
+    def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
+        pending = super().begin_cam_sheet(study_id, data)
+        storage = self
+
+        class Slow(PendingWrite):
+            def wait(self) -> float:
+                if self._ms is None:  # a real write ends once; later waits give the same answer
+                    time.sleep(0.3)  # the record's UPDATE and INSERT have run, uncommitted
+                    with session_scope(storage.factory) as session:
+                        storage.seen_while_writing.append(
+                            session.scalar(select(Study.status).where(Study.id == study_id)))
+                    self._ms = pending.wait() + 300.0
+                    storage.written_at.append(time.monotonic())
+                return self._ms
+
+        return Slow(pending.relpath)
 
 
 def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, diagnoser,
@@ -193,9 +202,14 @@ def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, di
 
 
 class FullSheetStorage(Storage):
-    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
-        time.sleep(0.1)
-        raise StorageError(FULL_MESSAGE)
+    """A disk that fills up while the sheet is being written (after the record's SQL ran)."""
+
+    def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
+        class Full(PendingWrite):
+            def wait(self) -> float:
+                raise StorageError(FULL_MESSAGE)
+
+        return Full(self.cam_sheet_relpath(study_id))
 
 
 def test_failed_sheet_write_rolls_the_record_back(db, settings: Settings, diagnoser,
