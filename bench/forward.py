@@ -153,6 +153,9 @@ def probe_main(argv: list[str]) -> int:
     import tempfile
 
     runtime, precision, threads, processes, bundle, *images = argv
+    from worker.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as worker.runtime does in every model-holding worker process
     start = time.perf_counter()
     from shared.diagnosis import Diagnoser
     from shared.runtime import load_predictor

@@ -558,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     if not runtimes:
         print("no usable runtime", file=sys.stderr)
         return 2
+    from worker.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as worker.runtime does in every model-holding worker process
     results = Results()
     with tempfile.TemporaryDirectory(prefix="xray-bench-") as tmp:
         scratch = args.scratch or Path(tmp)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.storage import Storage
+from worker.allocator import keep_freed_memory
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def start_runtime(settings: Settings, redis_url: str | None, processes: int = 1)
     with _lock:
         if _runtime is not None:
             return _runtime
+        keep_freed_memory()  # before the model: its buffers come from the tuned heap too
         diagnoser = load_diagnoser(settings, processes)
         classifier = diagnoser.classifier  # type: ignore[attr-defined]
         engine = make_engine(settings.database_url)
