@@ -3,7 +3,8 @@
 `optional=True` means a machine without a C compiler still installs the package:
 shared.png_fast then reports the fast path as unavailable and callers use Pillow, and
 shared.resize converts 8-bit images to float before its sparse product, and
-shared.storage writes CAM sheets on the caller's thread.
+shared.storage writes CAM sheets on the caller's thread, and shared.gradcam finds
+boxes with scipy's labelling.
 """
 
 from setuptools import Extension, setup
@@ -21,6 +22,12 @@ setup(
             ["shared/_durable.c"],
             optional=True,
             extra_compile_args=["-O2", "-pthread"],
+        ),
+        Extension(
+            "shared._regions",
+            ["shared/_regions.c"],
+            optional=True,
+            extra_compile_args=["-O3"],
         ),
         Extension(
             "shared._resample",

@@ -305,6 +305,8 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
     model load time and RSS."""
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
+    if os.environ.get("EXTRA_LAYOUT"):
+        layouts["3x1"] = (3, 1)
     images = [str(p) for p in common.mixed_images(args.images)]
     groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
     try:

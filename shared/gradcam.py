@@ -25,6 +25,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+try:  # optional C extension (setup.py): the largest region of each map
+    from shared import _regions
+except ImportError:  # pragma: no cover - depends on the build
+    _regions = None  # type: ignore[assignment]
+
 # Boxes are found on the map upsampled to at most this many samples per map cell along each axis
 # (at 224 input and 7 x 7 maps: a 56 x 56 grid, one sample per 4 model pixels), then scaled to the
 # original. Box edges therefore fall on multiples of 1/8 of a cell (32 samples per cell gave the same
@@ -100,14 +105,9 @@ def box_from_cam(cam: np.ndarray, width: int, height: int, fraction: float = 0.5
     return boxes_from_cams(np.asarray(cam, dtype=np.float32)[None], width, height, fraction)[0]
 
 
-# Regions connect along rows and columns within one map, never across the stack of maps.
-_ONE_MAP_AT_A_TIME = np.zeros((3, 3, 3), dtype=bool)
-_ONE_MAP_AT_A_TIME[1] = ndimage.generate_binary_structure(2, 1)
-
-
 def boxes_from_cams(cams: np.ndarray, width: int, height: int, fraction: float = 0.5) -> list[Box | None]:
-    """`box_from_cam` for a stack of (K, h, w) maps at once: one upsampling product and one labelling
-    pass for all K (a study's 14 boxes in a third of the time of 14 separate calls)."""
+    """`box_from_cam` for a stack of (K, h, w) maps at once: one upsampling product for all K, then
+    the largest region of each map (`largest_regions`)."""
     cams = np.asarray(cams, dtype=np.float32)
     if cams.ndim != 3:
         raise ValueError(f"expected a (K, h, w) stack of maps, got shape {cams.shape}")
@@ -118,22 +118,49 @@ def boxes_from_cams(cams: np.ndarray, width: int, height: int, fraction: float =
     peaks = cams.max(axis=(1, 2))
     fine = _interpolation_matrix(cams.shape[1], grid_h) @ cams @ _interpolation_matrix(cams.shape[2], grid_w).T
     above = (fine >= (fraction * peaks)[:, None, None]) & (peaks > 0.0)[:, None, None]
+    boxes: list[Box | None] = []
+    for row_start, row_stop, col_start, col_stop in largest_regions(above).tolist():
+        if row_start < 0:
+            boxes.append(None)
+            continue
+        x0 = int(round(col_start * width / grid_w))
+        x1 = int(round(col_stop * width / grid_w))
+        y0 = int(round(row_start * height / grid_h))
+        y1 = int(round(row_stop * height / grid_h))
+        boxes.append(Box(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0)))
+    return boxes
+
+
+def largest_regions(above: np.ndarray) -> np.ndarray:
+    """For a (K, H, W) boolean stack: each map's largest region (4-connected, within the map) as
+    (K, 4) int rows of row_start, row_stop, col_start, col_stop (stops exclusive), -1s for a map
+    with none. Of equally large regions the first in row-major order of its first pixel wins. In C
+    (`shared._regions`) where it is built, else scipy's labelling (the same answer, 10x the time)."""
+    above = np.ascontiguousarray(above, dtype=bool)
+    if above.ndim != 3:
+        raise ValueError(f"expected a (K, H, W) stack, got shape {above.shape}")
+    found = np.full((len(above), 4), -1, dtype=np.int32)
+    if not above.size:
+        return found
+    if _regions is not None:
+        _regions.largest(above.view(np.uint8), above.shape[0], above.shape[1], above.shape[2], found)
+        return found
     labels, count = ndimage.label(above, structure=_ONE_MAP_AT_A_TIME)
-    boxes: list[Box | None] = [None] * len(cams)
     if count == 0:
-        return boxes
+        return found
     sizes = np.bincount(labels.ravel())[1:]
     objects = ndimage.find_objects(labels)
-    map_of = np.array([found[0].start for found in objects])  # each region lies in one map
+    map_of = np.array([region[0].start for region in objects])  # each region lies in one map
     for k in np.unique(map_of):
         regions = np.flatnonzero(map_of == k)
-        _, rows, cols = objects[int(regions[np.argmax(sizes[regions])])]  # the first largest, as before
-        x0 = int(round(cols.start * width / grid_w))
-        x1 = int(round(cols.stop * width / grid_w))
-        y0 = int(round(rows.start * height / grid_h))
-        y1 = int(round(rows.stop * height / grid_h))
-        boxes[int(k)] = Box(x=x0, y=y0, width=max(1, x1 - x0), height=max(1, y1 - y0))
-    return boxes
+        _, rows, cols = objects[int(regions[np.argmax(sizes[regions])])]  # the first largest
+        found[k] = (rows.start, rows.stop, cols.start, cols.stop)
+    return found
+
+
+# Regions connect along rows and columns within one map, never across the stack of maps.
+_ONE_MAP_AT_A_TIME = np.zeros((3, 3, 3), dtype=bool)
+_ONE_MAP_AT_A_TIME[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def jet(values: np.ndarray) -> np.ndarray:

@@ -319,3 +319,20 @@ def test_boxes_of_a_stack_equal_each_map_boxed_alone(width: int, height: int) ->
     assert boxes_from_cams(stack, width, height) == expected
     assert expected[3] is None and expected[5] is not None
     assert [box_from_cam(cam, width, height) for cam in stack] == expected
+
+
+@pytest.mark.skipif(shared.gradcam._regions is None, reason="shared._regions is not built (no C compiler?)")
+def test_largest_regions_in_c_equal_scipys_labelling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random stacks with many small regions (so many ties of size, which the first region in
+    row-major order must win) and thin shapes: the C flood fill and scipy's labelling agree."""
+    rng = np.random.default_rng(7)
+    stacks = [rng.random((int(rng.integers(1, 6)), int(rng.integers(1, 14)), int(rng.integers(1, 14))))
+              < rng.random() for _ in range(1500)]
+    stacks.append(np.zeros((14, 56, 56), dtype=bool))
+    stacks.append(np.ones((2, 56, 56), dtype=bool))
+    in_c = [shared.gradcam.largest_regions(stack) for stack in stacks]
+    monkeypatch.setattr(shared.gradcam, "_regions", None)
+    with_scipy = [shared.gradcam.largest_regions(stack) for stack in stacks]
+    for stack, ours, theirs in zip(stacks, in_c, with_scipy, strict=True):
+        assert np.array_equal(ours, theirs), stack.astype(int)
+    assert in_c[-2].tolist() == [[-1] * 4] * 14 and in_c[-1].tolist() == [[0, 56, 0, 56]] * 2
