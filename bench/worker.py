@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--boost-ghz", type=float, default=3.7,
                         help="the CPU's boost clock, for the nominal ceiling (EPYC 9004: 3.7)")
     parser.add_argument("--skip-probes", action="store_true", help="skip the threads-versus-processes probes")
+    parser.add_argument("--extra-layouts", default="",
+                        help="more probe layouts PROCESSESxTHREADS besides 1x2 and 2x1, e.g. 3x1 (printed with "
+                             "the same columns)")
     parser.add_argument("--redis-url", default=common.BENCH_REDIS_URL)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed)")
@@ -305,8 +308,9 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
     model load time and RSS."""
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
-    if os.environ.get("EXTRA_LAYOUT"):
-        layouts["3x1"] = (3, 1)
+    for extra in filter(None, args.extra_layouts.split(",")):  # e.g. 3x1: more processes than cores
+        processes, threads = (int(n) for n in extra.split("x"))
+        layouts[extra] = (processes, threads)
     images = [str(p) for p in common.mixed_images(args.images)]
     groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
     try:
@@ -515,6 +519,13 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
              med(f"layout_path_2x1/{n}"), med(f"layout_path_2x1/{n}") / med(f"layout_2x1/{n}")]
             for n in runtimes], ["runtime", "bare 1 proc x 2 threads", "bare 2 procs x 1 thread", "ratio",
                                  "path 1x2", "path/bare 1x2", "path 2x1", "path/bare 2x1"])
+        if extra := list(filter(None, args.extra_layouts.split(","))):
+            common.print_table("More layouts: bare forward b1 and the worker path (images/s, whole machine)", [
+                [n, layout, med(f"layout_{layout}/{n}"), med(f"layout_path_{layout}/{n}"),
+                 med(f"layout_path_{layout}/{n}") / med(f"layout_{layout}/{n}"),
+                 med(f"layout_path_{layout}/{n}") / med(f"layout_2x1/{n}")]
+                for n in runtimes for layout in extra],
+                ["runtime", "layout", "bare", "path", "path / bare (same layout)", "path / bare 2x1"])
     if any(k.startswith("outside_forward_cpu_ms/") for k in results.samples):
         cpus = len(os.sched_getaffinity(0))
         rows = []
