@@ -33,7 +33,7 @@ setup(
             "shared._resample",
             ["shared/_resample.c"],
             optional=True,
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-ffp-contract=off"],
         ),
     ]
 )

@@ -18,6 +18,12 @@
  * cols_f32(indptr, indices, weights, rows, out, count, width)
  *   the CSR matrix is n x width; rows: float32 buffer, count * width; out: float32, count * n
  * Both raise ValueError on wrong sizes or an index outside the input.
+ *
+ * channels_f32(grey, out, count, white, scale, offset0, offset1, offset2): the model input from
+ *   the resized grey, in one pass instead of numpy's three (clip, scale, subtract into 3 channels):
+ *   out[3 i + c] = (min(max(grey[i], 0), white) * scale) - offset_c in float32, operation for
+ *   operation what shared.classifier.preprocess's numpy fallback computes (this file is compiled
+ *   with -ffp-contract=off, so no fused multiply-add changes a rounding).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -150,11 +156,51 @@ done:
     return result;
 }
 
+static PyObject *
+channels_f32(PyObject *self, PyObject *args)
+{
+    Py_buffer grey, out;
+    Py_ssize_t count;
+    float white, scale, offset[3];
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*w*nfffff", &grey, &out, &count, &white, &scale, &offset[0], &offset[1],
+                          &offset[2]))
+        return NULL;
+    if (count < 0 || grey.len != count * (Py_ssize_t)sizeof(float) ||
+        out.len != 3 * count * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "channels_f32: buffer sizes do not match");
+        goto done;
+    }
+    const float *src = (const float *)grey.buf;
+    float *dst = (float *)out.buf;
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        float v = src[i];
+        v = v < 0.0f ? 0.0f : (v > white ? white : v);   /* NaN stays NaN, as with np.clip */
+        v = v * scale;
+        dst[3 * i] = v - offset[0];
+        dst[3 * i + 1] = v - offset[1];
+        dst[3 * i + 2] = v - offset[2];
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+
+done:
+    PyBuffer_Release(&grey);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"rows_u8", rows_u8, METH_VARARGS,
      "rows_u8(indptr, indices, weights, levels, out, height, width): out = CSR weights @ uint8 levels."},
     {"cols_f32", cols_f32, METH_VARARGS,
      "cols_f32(indptr, indices, weights, rows, out, count, width): out = rows @ CSR weights.T."},
+    {"channels_f32", channels_f32, METH_VARARGS,
+     "channels_f32(grey, out, count, white, scale, o0, o1, o2): out[i, c] = clip(grey[i], 0, white) * scale - o_c."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,6 +25,11 @@ import numpy as np
 from shared.findings import FINDINGS
 from shared.resize import resize_grey
 
+try:  # optional C extension (setup.py): preprocess's last step in one pass
+    from shared import _resample
+except ImportError:  # pragma: no cover - depends on the build
+    _resample = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     import keras
 
@@ -131,10 +136,14 @@ def preprocess(pixels: np.ndarray, input_size: int) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"preprocess expects a greyscale (H, W) array, got shape {pixels.shape}")
     white = _UINT8_WHITE if pixels.dtype == np.uint8 else 1.0
+    scale = np.float32(PREPROCESSING["scale"] / white)
     scaled = resize_grey(pixels, input_size)  # a new float32 array: changed in place below
-    np.clip(scaled, 0.0, white, out=scaled)
-    scaled *= np.float32(PREPROCESSING["scale"] / white)
     out = np.empty((input_size, input_size, 3), dtype=np.float32)
+    if _resample is not None:  # the same operations in one pass (shared/_resample.c)
+        _resample.channels_f32(scaled, out, scaled.size, white, scale, *CAFFE_MEAN_BGR)
+        return out
+    np.clip(scaled, 0.0, white, out=scaled)
+    scaled *= scale
     np.subtract(scaled[:, :, None], np.asarray(CAFFE_MEAN_BGR, dtype=np.float32), out=out)
     return out
 

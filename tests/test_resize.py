@@ -95,3 +95,28 @@ def test_the_c_passes_give_scipys_sums_and_check_their_buffers(nih_full_images: 
         _resample.rows_u8(indptr, indices, weights, np.zeros((3, 3), np.uint8), np.empty((2, 3), np.float32), 3, 3)
     with pytest.raises(ValueError, match="sizes"):
         _resample.cols_f32(indptr, indices, weights, np.zeros((3, 4), np.float32), np.empty((3, 3), np.float32), 3, 4)
+
+
+def test_preprocess_last_step_in_c_is_numpys_bit_for_bit(nih_full_images: list[Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """channels_f32 (clip, scale, the three mean-subtracted channels in one pass) against numpy's
+    three operations: the same float32 values, also for out-of-range and NaN input."""
+    import shared.classifier
+
+    if shared.classifier._resample is None:
+        pytest.skip("shared._resample is not built (no C compiler at install time)")
+    rng = np.random.default_rng(5)
+    inputs = [read_image(nih_full_images[1].read_bytes(), ImageLimits()).source,
+              rng.integers(0, 256, (224, 224), dtype=np.uint8),
+              (rng.random((300, 500)) * 1.4 - 0.2).astype(np.float32),
+              np.array([[np.nan, -0.0, 1.0, 2.0]] * 40, dtype=np.float32)]
+    in_c = [preprocess(x, 64) for x in inputs]
+    monkeypatch.setattr(shared.classifier, "_resample", None)
+    for x, ours in zip(inputs, in_c, strict=True):
+        theirs = preprocess(x, 64)
+        assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape == (64, 64, 3)
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))  # bit for bit, NaN included
+    from shared import _resample
+
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _resample.channels_f32(np.zeros(4, np.float32), np.zeros(11, np.float32), 4, 1.0, 255.0, 1.0, 2.0, 3.0)
