@@ -174,7 +174,7 @@ class SlowSheetStorage(Storage):
         class Slow(PendingWrite):
             def wait(self) -> float:
                 if self._ms is None:  # a real write ends once; later waits give the same answer
-                    time.sleep(0.3)  # the record's UPDATE and INSERT have run, uncommitted
+                    time.sleep(0.3)  # the worker has found the boxes and prepared the record
                     with session_scope(storage.factory) as session:
                         storage.seen_while_writing.append(
                             session.scalar(select(Study.status).where(Study.id == study_id)))
@@ -187,7 +187,7 @@ class SlowSheetStorage(Storage):
 
 def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, diagnoser,
                                                       nih_full_images: list[Path]) -> None:
-    """The sheet is written in the background while the record's SQL runs; the commit waits for it."""
+    """The sheet is written in the background while the boxes are found; the record waits for it."""
     storage = SlowSheetStorage(settings.storage_dir, db)
     study_id = add_study(db, storage, nih_full_images[2].read_bytes())
     commits: list[float] = []
@@ -202,7 +202,7 @@ def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, di
 
 
 class FullSheetStorage(Storage):
-    """A disk that fills up while the sheet is being written (after the record's SQL ran)."""
+    """A disk that fills up while the sheet is being written."""
 
     def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
         class Full(PendingWrite):
@@ -212,7 +212,7 @@ class FullSheetStorage(Storage):
         return Full(self.cam_sheet_relpath(study_id))
 
 
-def test_failed_sheet_write_rolls_the_record_back(db, settings: Settings, diagnoser,
+def test_failed_sheet_write_records_nothing_and_retries(db, settings: Settings, diagnoser,
                                                   nih_full_images: list[Path]) -> None:
     storage = FullSheetStorage(settings.storage_dir)
     study_id = add_study(db, storage, nih_full_images[3].read_bytes())
@@ -221,7 +221,7 @@ def test_failed_sheet_write_rolls_the_record_back(db, settings: Settings, diagno
     assert caught.value.reason == FULL_MESSAGE
     row, findings = snapshot(db, study_id)
     assert row["status"] == "processing" and row["error"] == FULL_MESSAGE and row["timings"] is None
-    assert findings == []  # the findings inserted before the write failed were rolled back
+    assert findings == []
 
 
 def test_database_error_on_last_attempt_fails(db, storage, diagnoser, settings: Settings,

@@ -5,12 +5,12 @@
    started_at); a done or failed study is left as it is (idempotent redelivery);
 2. reads the original from storage, decodes it (`shared.images.read_image`), diagnoses it;
 3. stores all 14 low-resolution CAMs as one 16-bit PNG sheet (`shared.gradcam.cam_sheet_png`,
-   `Storage.put_cam_sheet`, one durable write, started as soon as the CAMs exist and finished by a
-   writer thread while the boxes and the SQL below run: `worker.sheet_writer`); every finding's
+   one durable write, started as soon as the CAMs exist and synced on a native thread while the
+   boxes are found and the record is prepared: `worker.sheet_writer`); every finding's
    `heatmap_path` is that sheet and the web renders the finding's colour layer from it on request;
-4. in ONE transaction writes the 14 Finding rows and status done with model version, timings,
-   urgency and due_at, but only if no other delivery finished the study meanwhile, and commits only
-   once the sheet is durable (a failed write rolls it back).
+4. once the sheet is durable (a failed write leaves the study to a retry), in ONE transaction
+   writes the 14 Finding rows and status done with model version, timings, urgency and due_at, but
+   only if no other delivery finished the study meanwhile.
 
 Unreadable images and missing originals end `failed` with a reason a person can act on. Transient
 errors (database, Redis, storage I/O) raise `RetryLater`; the caller retries with `retry_delay_s`. A
@@ -82,8 +82,6 @@ _RECORD = (
             **{name: bindparam(name, type_=_STUDIES.c[name].type) for name in _RECORDED})
 )
 _INSERT_FINDINGS = insert(_FINDINGS)
-_TIMINGS = (update(_STUDIES).where(_STUDIES.c.id == bindparam("study_id"))
-            .values(timings=bindparam("timings", type_=_STUDIES.c.timings.type)))
 
 
 class RetryLater(Exception):
@@ -220,9 +218,27 @@ def _diagnose_and_record(session_factory: sessionmaker[Session], storage: Storag
 def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Diagnosis,
             sheet: PendingSheet, timings: dict[str, float], settings: Settings,
             finished_at: datetime) -> Outcome:
-    """Record the diagnosis in one transaction that commits once `sheet` is durable; `timings`
-    gains the sheet's write time."""
+    """Record the diagnosis in one transaction, begun once `sheet` is durable; `timings` gains the
+    sheet's write time."""
     result = triage(diagnosis.findings, finished_at, settings.triage_max_wait_minutes)
+    findings = [  # for one Core executemany, no ORM objects
+        {
+            "study_id": study_id,
+            "label": f.label,
+            "probability": float(f.probability),
+            "threshold": float(f.threshold),
+            "positive": bool(f.positive),
+            "heatmap_path": sheet.relpath,
+            "box_x": None if f.box is None else f.box.x,
+            "box_y": None if f.box is None else f.box.y,
+            "box_w": None if f.box is None else f.box.width,
+            "box_h": None if f.box is None else f.box.height,
+        }
+        for f in diagnosis.findings
+    ]
+    # The sheet has been syncing since the CAMs existed; nothing is recorded before it is on disk
+    # (a StorageError here leaves the study to a retry).
+    timings["write"] = sheet.wait()
     with session_scope(session_factory) as session:
         connection = session.connection()
         # The UPDATE comes first: it takes the row's write lock (PostgreSQL) or the database's
@@ -231,32 +247,13 @@ def _record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Di
             "study_id": study_id,
             "model_version": diagnosis.model_version, "model_trained": diagnosis.model_trained,
             "width": diagnosis.image_width, "height": diagnosis.image_height,
-            "timings": _rounded(timings),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
             "urgency": result.urgency, "due_at": result.due_at, "finished_at": finished_at,
         }).rowcount
         if updated != 1:
             log.info("study %s was finished by another delivery; keeping that result", study_id)
             return Outcome(study_id, "skipped", "finished by another delivery")
-        sheet_path = sheet.relpath
-        connection.execute(_INSERT_FINDINGS, [  # one Core executemany, no ORM objects
-            {
-                "study_id": study_id,
-                "label": f.label,
-                "probability": float(f.probability),
-                "threshold": float(f.threshold),
-                "positive": bool(f.positive),
-                "heatmap_path": sheet_path,
-                "box_x": None if f.box is None else f.box.x,
-                "box_y": None if f.box is None else f.box.y,
-                "box_w": None if f.box is None else f.box.width,
-                "box_h": None if f.box is None else f.box.height,
-            }
-            for f in diagnosis.findings
-        ])
-        # The sheet has been syncing while the above ran; commit only once it is on disk (a
-        # StorageError here rolls the record back and the study is retried).
-        timings["write"] = sheet.wait()
-        connection.execute(_TIMINGS, {"study_id": study_id, "timings": _rounded(timings)})
+        connection.execute(_INSERT_FINDINGS, findings)
     log.info("study %s done: urgency %.3f, %d positive", study_id, result.urgency, len(diagnosis.positives))
     return Outcome(study_id, StudyStatus.DONE.value)
 
@@ -293,10 +290,6 @@ def _note_error(session_factory: sessionmaker[Session], study_id: int, reason: s
                             .values(error=reason[:MAX_REASON_CHARS], updated_at=at))
     except TRANSIENT_ERRORS as exc:
         log.warning("study %s: could not record the error: %s", study_id, exc)
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def _ms_since(start: float) -> float:

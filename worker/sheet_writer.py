@@ -2,9 +2,9 @@
 
 `start_sheet_write` encodes the sheet (`shared.gradcam.cam_sheet_png`) and starts its durable write
 (`Storage.begin_cam_sheet`: temporary file, fsync, rename, fsync of the folder, on a native thread
-without the GIL). Meanwhile the worker finds the boxes and runs the record's SQL; the record's
-transaction commits only after `PendingSheet.wait()` says the sheet is on disk, so a study is never
-`done` without its heatmaps, and a failed write rolls the record back.
+without the GIL). Meanwhile the worker finds the boxes and prepares the record; it records the study
+only after `PendingSheet.wait()` says the sheet is on disk, so a study is never `done` without its
+heatmaps, and a failed write leaves the study to a retry.
 
 Why: a worker process that runs its forward pass on one thread (`xray worker --concurrency 2` on two
 cores) would otherwise leave its core idle while the disk syncs, 0.3-2 ms a study (more when two
