@@ -12,7 +12,13 @@ same shape):
 3. preprocess's last step: `shared._resample.channels_f32` against the numpy steps;
 4. the CAM sheet's durable write: `Storage.begin_cam_sheet` + `wait()` with the native thread, and
    the same with the caller's thread doing it (`put_cam_sheet`), wall time, plus how much of the
-   native write hides behind 1 ms of the caller's own Python work.
+   native write hides behind 1 ms of the caller's own Python work;
+5. a study's claim and record transactions on SQLite through SQLAlchemy's Connection and through
+   `worker.study_sql` (the driver's connection).
+
+Warm caches throughout: in a worker each of these runs after a forward pass has emptied the CPU's
+caches, where the Python-heavy ones (SQL above all) cost more; `bench.worker` measures the whole
+path in that setting.
 
 Every pair computes the same result (checked): only the time differs.
 """
@@ -82,6 +88,65 @@ def with_attribute(module: object, name: str, value: object, fn: Callable[[], ob
         setattr(module, name, saved)
 
 
+def sql_ms(repeats: int, through_sqlalchemy: bool, studies: int = 200) -> float:
+    """Best ms per study of the worker's two transactions (claim; record + 14 findings) on a scratch
+    SQLite database, through SQLAlchemy's Connection or through worker.study_sql."""
+    from datetime import UTC, datetime
+
+    import worker.processing as processing
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.migrate import upgrade
+    from shared.models import Batch, Study
+    from worker.study_sql import StudySql
+
+    with tempfile.TemporaryDirectory(prefix="xray-bench-sql-") as folder:
+        url = f"sqlite:///{folder}/bench.db"
+        upgrade(url)
+        engine = make_engine(url)
+        sql = StudySql(engine, processing._STATEMENTS)
+        at = datetime.now(UTC)
+        record = {"model_version": "v", "model_trained": True, "width": 1024, "height": 1024,
+                  "timings": {"decode": 1.0, "forward": 30.0}, "urgency": 0.5, "due_at": at, "finished_at": at}
+        findings = [{"label": f"F{k}", "probability": 0.5, "threshold": 0.5, "positive": True,
+                     "heatmap_path": "heatmaps/00000/1.png", "box_x": 1, "box_y": 2, "box_w": 3, "box_h": 4}
+                    for k in range(14)]
+
+        def new_ids() -> list[int]:
+            with session_scope(make_session_factory(engine)) as session:
+                batch = Batch(label="bench")
+                rows = [Study(batch=batch, original_filename="x.png", sha256="0" * 64, stored_path="x",
+                              format="png", size_bytes=1) for _ in range(studies)]
+                session.add_all(rows)
+                session.flush()
+                return [row.id for row in rows]
+
+        def one(study_id: int) -> None:
+            claim = {"study_id": study_id, "max_attempts": 3, "at": at}
+            rows = [{"study_id": study_id, **f} for f in findings]
+            if through_sqlalchemy:
+                with engine.begin() as connection:
+                    connection.execute(processing._CLAIM, claim).all()
+                with engine.begin() as connection:
+                    connection.execute(processing._RECORD, {"study_id": study_id, **record})
+                    connection.execute(processing._INSERT_FINDINGS, rows)
+                return
+            with sql.transaction() as cursor:
+                sql.execute(cursor, "claim", claim).fetchall()
+            with sql.transaction() as cursor:
+                sql.execute(cursor, "record", {"study_id": study_id, **record})
+                sql.executemany(cursor, "insert_findings", rows)
+
+        best = float("inf")
+        for _ in range(repeats):
+            ids = new_ids()
+            start = time.perf_counter()
+            for study_id in ids:
+                one(study_id)
+            best = min(best, (time.perf_counter() - start) / len(ids))
+        engine.dispose()
+    return best * 1000.0
+
+
 def main(argv: list[str] | None = None) -> None:
     import shared.classifier
     import shared.gradcam
@@ -146,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 
             rows.append(["write + 1 ms of the caller's work (wall)", "caller's thread", synchronous + 1.0,
                          "native thread", best_ms(overlapped, args.repeats, 50), None])
+    rows.append(["claim + record transactions, SQLite (14 findings)", "SQLAlchemy Connection",
+                 sql_ms(args.repeats, through_sqlalchemy=True), "worker.study_sql (driver)",
+                 sql_ms(args.repeats, through_sqlalchemy=False), None])
     for row in rows:
         if row[-1] is None:
             row[-1] = float(row[2]) / float(row[4])  # type: ignore[arg-type]

@@ -25,3 +25,4 @@ def test_it_compares_each_optimisation_with_its_fallback(nih_full_images: list[P
     if shared.storage._durable is not None:
         assert "| durable sheet write (wall) | caller's thread |" in out
         assert "| write + 1 ms of the caller's work (wall) |" in out
+    assert "| claim + record transactions, SQLite (14 findings) | SQLAlchemy Connection |" in out
