@@ -232,8 +232,8 @@ start(PyObject *Py_UNUSED(module), PyObject *args)
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(folder, temp_name, final_name, data) -> Write: write data to folder/temp_name, fsync, "
-     "rename it to final_name and fsync the folder, on a native thread."},
+     "start(folder, temp_name, final_name, data) -> Write: write data to folder/temp_name, rename "
+     "it to final_name, fsync it and the folder, on a native thread."},
     {NULL, NULL, 0, NULL},
 };
 

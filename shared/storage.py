@@ -110,9 +110,10 @@ class Storage:
         return relpath
 
     def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
-        """`put_cam_sheet` that returns at once and goes on in the background: the same steps, in
-        the same order, on a native thread without the GIL (`shared._durable`); `wait()` on the
-        result ends it. Without the extension the write happens here, before this returns."""
+        """`put_cam_sheet` that returns at once and goes on in the background, on a native thread
+        without the GIL (`shared._durable`); `wait()` on the result ends it. The name appears before
+        the one fsync (see the C source), so nothing may refer to the file durably before `wait()`
+        has returned. Without the extension the write happens here, before this returns."""
         if _durable is None:
             start = time.perf_counter()
             relpath = self.put_cam_sheet(study_id, data)

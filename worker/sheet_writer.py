@@ -1,8 +1,8 @@
 """A study's CAM sheet stored in the background while the worker finishes the study.
 
 `start_sheet_write` encodes the sheet (`shared.gradcam.cam_sheet_png`) and starts its durable write
-(`Storage.begin_cam_sheet`: temporary file, fsync, rename, fsync of the folder, on a native thread
-without the GIL). Meanwhile the worker finds the boxes and prepares the record; it records the study
+(`Storage.begin_cam_sheet`: temporary file, rename, one fsync, fsync of the folder, on a native
+thread without the GIL). Meanwhile the worker finds the boxes and prepares the record; it records the study
 only after `PendingSheet.wait()` says the sheet is on disk, so a study is never `done` without its
 heatmaps, and a failed write leaves the study to a retry.
 
