@@ -56,27 +56,18 @@ def tensorflow_matmul(n: int, precision: str) -> Callable[[], object]:
     return lambda: matmul(a, b).numpy()
 
 
-def openvino_matmul(n: int, precision: str) -> Callable[[], object]:
-    import openvino as ov
-    import openvino.opset13 as ops
+def openvino_kernel(n: int, precision: str) -> Callable[[], object]:
+    from bench.forward import openvino_matmul
 
-    rng = np.random.default_rng(0)
-    a = ops.parameter([n, n], ov.Type.f32, name="a")
-    b = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
-    model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
-    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": CPUS, "NUM_STREAMS": 1,
-              "PERFORMANCE_HINT": "LATENCY"}
-    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
-    x = rng.standard_normal((n, n), dtype=np.float32)
-    return lambda: request.infer({0: x})
+    return openvino_matmul(precision, CPUS, n)[0]
 
 
 KERNELS: dict[str, Callable[[int], Callable[[], object]]] = {
     "numpy-f32": numpy_f32,
     "tensorflow-f32": lambda n: tensorflow_matmul(n, "f32"),
     "tensorflow-bf16": lambda n: tensorflow_matmul(n, "bf16"),
-    "openvino-f32": lambda n: openvino_matmul(n, "f32"),
-    "openvino-bf16": lambda n: openvino_matmul(n, "bf16"),
+    "openvino-f32": lambda n: openvino_kernel(n, "f32"),
+    "openvino-bf16": lambda n: openvino_kernel(n, "bf16"),
 }
 
 

@@ -38,10 +38,11 @@ from typing import Any  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.forward import (  # noqa: E402
+    CEILING_SHAPES,
     forward_concurrent_images_per_s,
     forward_images_per_s,
     heatmap_encoding,
-    matmul_peak_gflops,
+    measured_ceiling_gflops,
     original_approach_images_per_s,
     preprocessed,
     probe_main,
@@ -275,7 +276,7 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
                 results.add(f"worker_path/{name}", rate)
                 stage_timings[name].extend(timings)
         for precision in sorted({split_runtime(n)[1] for n in runtimes}):
-            peak = max(matmul_peak_gflops(precision, cpus, n) for n in (2048, 4096))
+            peak = measured_ceiling_gflops(precision, cpus)
             if not warm:
                 results.add(f"ceiling_gflops/{precision}", peak)
         if keras_model is not None:
@@ -441,7 +442,12 @@ def _run_batch(service: Service, paths: list[Path], timeout_s: float = 900.0) ->
 
 # Nominal peak per core and cycle: two FMA pipes of 256 bits (Zen 2-4, which splits AVX-512 into
 # two halves; AVX2-only CPUs) give 16 f32 FMAs = 32 FLOP, two pipes of 512 bits (Zen 5, Intel
-# server cores with AVX-512) 64 FLOP; bf16 dot products (VDPBF16PS) double either.
+# server cores with AVX-512) 64 FLOP; bf16 dot products (VDPBF16PS) double either. With AMX, bf16
+# runs on the tile unit instead: one TDPBF16PS (16 x 16 x 32 = 8,192 multiply-adds) every 16 cycles,
+# 512 multiply-adds = 1,024 FLOP per cycle.
+AMX_BF16_FLOP_PER_CYCLE = 1024
+
+
 def nominal_flops_per_cycle(cpuinfo: str | None = None) -> dict[str, int]:
     if cpuinfo is None:
         try:
@@ -454,7 +460,8 @@ def nominal_flops_per_cycle(cpuinfo: str | None = None) -> dict[str, int]:
     amd = fields.get("vendor_id") == "AuthenticAMD"
     wide = "avx512f" in flags and (not amd or int(fields.get("cpu family", "0") or 0) >= 26)
     f32 = 64 if wide else 32
-    return {"f32": f32, "bf16": 2 * f32}
+    bf16 = AMX_BF16_FLOP_PER_CYCLE if "amx_bf16" in flags else 2 * f32
+    return {"f32": f32, "bf16": bf16}
 
 
 def ceiling(results: Results, runtimes: list[str], input_size: int, boost_ghz: float) -> None:
@@ -497,11 +504,13 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
             ["original", med("original"), ""],
             [f"worker path, {best}", med(f"worker_path/{best}"), med(f"worker_path/{best}") / med("original")],
         ], ["what", "images/s", "x original"])
+    shapes = ", ".join(f"{n}^3" if chain == 1 else f"{chain} chained {n}^3" for n, chain in CEILING_SHAPES)
     ceilings = [[p, f[f"ceiling_gflops/{p}"], f[f"ceiling_images_per_s/{p}"], f[f"nominal_gflops/{p}"],
                  f[f"nominal_images_per_s/{p}"]]
                 for p in sorted({split_runtime(n)[1] for n in runtimes})]
-    common.print_table(f"Compute ceiling (OpenVINO matmul 2048^3/4096^3, all CPUs; nominal at {args.boost_ghz} GHz x "
-                       f"{nominal_flops_per_cycle()['f32']} f32 FLOP/cycle; "
+    per_cycle = nominal_flops_per_cycle()
+    common.print_table(f"Compute ceiling (measured: best OpenVINO matmul of {shapes}, all CPUs; nominal at "
+                       f"{args.boost_ghz} GHz x {per_cycle['f32']} f32 / {per_cycle['bf16']} bf16 FLOP/cycle/core; "
                        "ResNet50 = 8.2 GFLOP at 224)", ceilings,
                        ["precision", "measured GFLOP/s", "images/s", "nominal GFLOP/s", "images/s"])
     if streamed := [n for n in runtimes if f"forward_streams/{n}" in results.samples]:
