@@ -48,7 +48,6 @@ from bench.forward import (  # noqa: E402
     probe_main,
     resnet50_flops,
 )
-from worker.huge_pages import TUNABLE, reexec_with_huge_pages  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-probes", action="store_true", help="skip the threads-versus-processes probes")
     parser.add_argument("--extra-layouts", default="",
                         help="more probe layouts PROCESSESxTHREADS besides 1x2 and 2x1, e.g. 3x1 (printed with "
-                             "the same columns); a -4k suffix (2x1-4k) runs that layout without huge pages")
+                             "the same columns)")
     parser.add_argument("--redis-url", default=common.BENCH_REDIS_URL)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed)")
@@ -303,9 +302,6 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
 # ----------------------------------------------------------------------------- probes: threads vs processes
 
 
-SMALL_PAGES = "-4k"  # a probe layout with glibc's 4 KiB pages (worker.huge_pages off)
-
-
 def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
     """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, the bare forward pass at
     batch 1 and the worker path (each process its own SQLite and storage, one study at a time: what
@@ -314,7 +310,7 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
     for extra in filter(None, args.extra_layouts.split(",")):  # e.g. 3x1: more processes than cores
-        processes, threads = (int(n) for n in extra.removesuffix(SMALL_PAGES).split("x"))
+        processes, threads = (int(n) for n in extra.split("x"))
         layouts[extra] = (processes, threads)
     images = [str(p) for p in common.mixed_images(args.images)]
     groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
@@ -326,7 +322,7 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
                     argv = [sys.executable, "-m", "bench.worker", "--probe", *split_runtime(name), str(threads),
                             str(processes), str(bundle), *images]
                     group.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                                  cwd=common.PROJECT_ROOT, env=probe_env(layout)))
+                                                  cwd=common.PROJECT_ROOT, env={**os.environ}))
                 groups[(name, layout)] = group
                 for proc in group:  # load one group at a time: load times are not inflated by others
                     ready = _read(proc)
@@ -351,15 +347,6 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
                 if proc.stdin:
                     proc.stdin.close()
                 proc.wait(timeout=60)
-
-
-def probe_env(layout: str) -> dict[str, str]:
-    """A probe runs with this process's environment, so with huge pages as `xray worker` runs
-    (worker.huge_pages); a layout ending in -4k runs with glibc's 4 KiB pages instead."""
-    if not layout.endswith(SMALL_PAGES):
-        return dict(os.environ)
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(TUNABLE)]
-    return {**os.environ, "GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=0"])}
 
 
 def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -632,6 +619,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--probe"]:  # probes get their pages from the environment they are given
-        reexec_with_huge_pages()  # as `xray worker` runs (XRAY_WORKER_HUGE_PAGES=0: without)
     raise SystemExit(main())

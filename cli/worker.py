@@ -92,9 +92,6 @@ def celery_argv(settings: object, concurrency: int, pool: str, loglevel: str) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.huge_pages import reexec_with_huge_pages
-
-    reexec_with_huge_pages()  # glibc reads its tunables at start: this may run the command again
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported anywhere
     from shared.config import load_settings
 
