@@ -169,8 +169,9 @@ def forward_concurrent_images_per_s(predictor: Any, batch: np.ndarray, callers: 
 def probe_main(argv: list[str]) -> int:
     """`python -m bench.worker --probe RUNTIME PRECISION THREADS PROCESSES BUNDLE IMAGE...`:
     load the model (timed), say ready, then on each 'go' line run the images at batch 1 (the bare
-    forward pass), on each 'path' line run them through the worker path (process_study against this
-    probe's own SQLite and storage, one study at a time, as a prefork child does), and report."""
+    forward pass; 'go N': at batch N), on each 'path' line run them through the worker path
+    (process_study against this probe's own SQLite and storage, one study at a time, as a prefork
+    child does), and report."""
     import tempfile
 
     runtime, precision, threads, processes, bundle, *images = argv
@@ -195,13 +196,12 @@ def probe_main(argv: list[str]) -> int:
         path.run(diagnoser)  # warm: SQLite, storage folders, the resize weights
         _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid()})
         for line in sys.stdin:
-            command = line.strip()
+            command, *size = line.split()
             if command not in ("go", "path"):
                 break
             start = time.perf_counter()
             if command == "go":
-                for i in range(len(batch)):
-                    predictor.predict(batch[i:i + 1])
+                forward_images_per_s(predictor, batch, int(size[0]) if size else 1)
             else:
                 path.run(diagnoser)
             _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})

@@ -40,3 +40,14 @@ def test_a_chained_matmul_counts_every_product_and_stays_finite(chain: int) -> N
     (out,) = call().values()
     assert out.shape == (64, 64)
     assert all(math.isfinite(v) for v in out.ravel()) and 0.1 < float(abs(out).mean()) < 10.0
+
+
+def test_the_fastest_forward_pass_is_taken_over_batches_and_layouts_but_never_the_worker_path() -> None:
+    from bench.worker import Results, best_forward
+
+    results = Results()
+    for key, value in [("forward_b1/ov", 150.0), ("forward_b8/ov", 220.0), ("layout_2x1/ov", 200.0),
+                       ("layout_b8_2x1/ov", 250.0), ("layout_path_2x1/ov", 900.0), ("forward_b8/tf", 999.0),
+                       ("worker_path/ov", 800.0)]:
+        results.add(key, value)
+    assert best_forward(results, "ov") == (250.0, "layout_b8_2x1")
