@@ -171,7 +171,8 @@ def probe_main(argv: list[str]) -> int:
     load the model (timed), say ready, then on each 'go' line run the images at batch 1 (the bare
     forward pass; 'go N': at batch N), on each 'path' line run them through the worker path
     (process_study against this probe's own SQLite and storage, one study at a time, as a prefork
-    child does), and report."""
+    child does), and report (for 'path', also the mean milliseconds per study of each stage the
+    studies' rows record)."""
     import tempfile
 
     runtime, precision, threads, processes, bundle, *images = argv
@@ -190,7 +191,7 @@ def probe_main(argv: list[str]) -> int:
     load_s = time.perf_counter() - start
     diagnoser = Diagnoser(ForwardGate(predictor))
     with tempfile.TemporaryDirectory(prefix="xray-probe-") as scratch:
-        from bench.worker import WorkerPath
+        from bench.worker import WorkerPath, mean_stage_ms
 
         path = WorkerPath(Path(scratch), paths)
         path.run(diagnoser)  # warm: SQLite, storage folders, the resize weights
@@ -200,11 +201,12 @@ def probe_main(argv: list[str]) -> int:
             if command not in ("go", "path"):
                 break
             start = time.perf_counter()
+            stages: dict[str, float] = {}
             if command == "go":
                 forward_images_per_s(predictor, batch, int(size[0]) if size else 1)
             else:
-                path.run(diagnoser)
-            _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})
+                stages = mean_stage_ms(path.run(diagnoser)[1])
+            _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(), "stages_ms": stages})
         path.engine.dispose()
     return 0
 

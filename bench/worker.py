@@ -182,6 +182,13 @@ class WorkerPath:
                 list(pool.map(one, ids))
 
 
+def mean_stage_ms(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Mean milliseconds per study of each stage in the studies' recorded timings (means, so that the
+    stages add up to their share of the path's time)."""
+    stages = sorted({stage for row in timings for stage in row})
+    return {stage: sum(row.get(stage, 0.0) for row in timings) / len(timings) for stage in stages} if timings else {}
+
+
 def _diagnose_only(diagnoser: Any, paths: list[Path]) -> float:
     """Images/s of read_image + Diagnoser.diagnose (decode, preprocess, forward, 14 CAMs and boxes):
     the worker path without storing the CAMs and without the database."""
@@ -302,16 +309,22 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
 # ----------------------------------------------------------------------------- probes: threads vs processes
 
 
-def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
-    """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, the bare forward pass at
-    batch 1 and the worker path (each process its own SQLite and storage, one study at a time: what
-    `xray worker --concurrency 2` children do), alternating within each repeat. Also each process's
-    model load time and RSS."""
+def probe_layouts(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    """{layout: (processes, threads each)}: 1 x all CPUs, 2 x half each, and --extra-layouts."""
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
     for extra in filter(None, args.extra_layouts.split(",")):  # e.g. 3x1: more processes than cores
         processes, threads = (int(n) for n in extra.split("x"))
         layouts[extra] = (processes, threads)
+    return layouts
+
+
+def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
+    """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, the bare forward pass at
+    batch 1 and the worker path (each process its own SQLite and storage, one study at a time: what
+    `xray worker --concurrency 2` children do), alternating within each repeat. Also each process's
+    model load time and RSS."""
+    layouts = probe_layouts(args)
     images = [str(p) for p in common.mixed_images(args.images)]
     groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
     try:
@@ -337,11 +350,13 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
                         assert proc.stdin is not None
                         proc.stdin.write(f"{command}\n")
                         proc.stdin.flush()
-                    for proc in group:
-                        _read(proc)
+                    answers = [_read(proc) for proc in group]
                     rate = len(images) * len(group) / (time.perf_counter() - start)
                     if repeat:
                         results.add(f"{key}_{layout}/{name}", rate)
+                        for stage in answers[0]["stages_ms"]:  # mean over the layout's processes
+                            results.add(f"path_stage_ms_{layout}/{name}/{stage}",
+                                        sum(a["stages_ms"][stage] for a in answers) / len(answers))
     finally:
         for group in groups.values():
             for proc in group:
@@ -439,6 +454,29 @@ def _run_batch(service: Service, paths: list[Path], timeout_s: float = 900.0) ->
 
 
 # ----------------------------------------------------------------------------- report
+
+
+# The stages a study's row records (worker.processing, shared.diagnosis), grouped for the report.
+# forward_batch is the whole batch's pass (the same as forward at batch 1), not a stage of its own.
+OTHER_STAGES = ("read", "preprocess", "cam", "heatmap")
+
+
+def study_time(results: Results, name: str, layout: str, processes: int) -> dict[str, float]:
+    """Where one process's wall time per study goes in a probe layout (ms, medians over repeats):
+    the bare forward pass per image and the path per study (each process's share of the layout's
+    whole-machine rate), the stages the rows record (forward inside the path, decode, the wait for
+    the sheet to be durable, the other stages together) and the rest (claim and record
+    transactions, Python between stages, time off the CPU)."""
+    def stage(key: str) -> float:
+        samples = f"path_stage_ms_{layout}/{name}/{key}"
+        return results.med(samples) if samples in results.samples else 0.0
+
+    row = {"bare": processes * 1000.0 / results.med(f"layout_{layout}/{name}"),
+           "path": processes * 1000.0 / results.med(f"layout_path_{layout}/{name}"),
+           "forward": stage("forward"), "decode": stage("decode"), "write": stage("write"),
+           "other": sum(stage(k) for k in OTHER_STAGES)}
+    row["rest"] = row["path"] - row["forward"] - row["decode"] - row["write"] - row["other"]
+    return row
 
 
 # Nominal peak per core and cycle: two FMA pipes of 256 bits (Zen 2-4, which splits AVX-512 into
@@ -555,6 +593,18 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
                  med(f"layout_path_{layout}/{n}") / med(f"layout_2x1/{n}")]
                 for n in runtimes for layout in extra],
                 ["runtime", "layout", "bare", "path", "path / bare (same layout)", "path / bare 2x1"])
+    if any(k.startswith("path_stage_ms_") for k in results.samples):
+        rows = []
+        for n in runtimes:
+            for layout, processes in probe_layouts(args).items():
+                t = study_time(results, n, layout, processes[0])
+                rows.append([n, layout, t["bare"], t["path"], t["forward"], t["forward"] - t["bare"], t["decode"],
+                             t["write"], t["other"], t["rest"], t["bare"] / t["path"]])
+        common.print_table("Where a study's time goes: ms per study and process (bare: per image), the stages' mean "
+                           "per study from the rows, median over repeats", rows,
+                           ["runtime", "layout", "bare forward", "path", "forward in path", "forward - bare",
+                            "decode", "sheet durable (wait)", "read, preprocess, CAMs, boxes, sheet encode",
+                            "rest (SQL, Python, off CPU)", "path / bare"])
     if any(k.startswith("outside_forward_cpu_ms/") for k in results.samples):
         cpus = len(os.sched_getaffinity(0))
         rows = []

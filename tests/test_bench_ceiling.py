@@ -51,3 +51,30 @@ def test_the_fastest_forward_pass_is_taken_over_batches_and_layouts_but_never_th
                        ("worker_path/ov", 800.0)]:
         results.add(key, value)
     assert best_forward(results, "ov") == (250.0, "layout_b8_2x1")
+
+
+def test_stage_means_add_up_to_the_studies_mean_time() -> None:
+    from bench.worker import mean_stage_ms
+
+    rows = [{"decode": 1.0, "forward": 30.0, "write": 0.5}, {"decode": 5.0, "forward": 34.0}]
+    assert mean_stage_ms(rows) == {"decode": 3.0, "forward": 32.0, "write": 0.25}
+    assert mean_stage_ms([]) == {}
+
+
+def test_a_studys_time_is_split_into_its_stages_and_the_rest_per_process() -> None:
+    from bench.worker import Results, study_time
+
+    results = Results()
+    # 2 processes: the bare pass at 50 images/s in all is 40 ms per image and process, the path at
+    # 40 studies/s 50 ms per study and process.
+    for key, value in [("layout_2x1/ov", 50.0), ("layout_path_2x1/ov", 40.0), ("layout_path_2x1/tf", 1.0),
+                       ("path_stage_ms_2x1/ov/forward", 41.0), ("path_stage_ms_2x1/ov/forward_batch", 41.0),
+                       ("path_stage_ms_2x1/ov/decode", 3.0), ("path_stage_ms_2x1/ov/write", 1.0),
+                       ("path_stage_ms_2x1/ov/read", 0.5), ("path_stage_ms_2x1/ov/preprocess", 0.5),
+                       ("path_stage_ms_2x1/ov/cam", 0.75), ("path_stage_ms_2x1/ov/heatmap", 0.25)]:
+        results.add(key, value)
+    row = study_time(results, "ov", "2x1", 2)
+    assert row["bare"] == pytest.approx(40.0)
+    assert row["path"] == pytest.approx(50.0)
+    assert (row["forward"], row["decode"], row["write"], row["other"]) == (41.0, 3.0, 1.0, 2.0)
+    assert row["rest"] == pytest.approx(3.0)  # forward_batch is not counted twice
