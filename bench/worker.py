@@ -596,8 +596,8 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
     if any(k.startswith("path_stage_ms_") for k in results.samples):
         rows = []
         for n in runtimes:
-            for layout, processes in probe_layouts(args).items():
-                t = study_time(results, n, layout, processes[0])
+            for layout, (processes, _threads) in probe_layouts(args).items():
+                t = study_time(results, n, layout, processes)
                 rows.append([n, layout, t["bare"], t["path"], t["forward"], t["forward"] - t["bare"], t["decode"],
                              t["write"], t["other"], t["rest"], t["bare"] / t["path"]])
         common.print_table("Where a study's time goes: ms per study and process (bare: per image), the stages' mean "
