@@ -309,11 +309,16 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
 # ----------------------------------------------------------------------------- probes: threads vs processes
 
 
+def extra_layouts(args: argparse.Namespace) -> list[str]:
+    """The --extra-layouts, e.g. ['3x1'] (more processes than cores)."""
+    return list(filter(None, args.extra_layouts.split(",")))
+
+
 def probe_layouts(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
     """{layout: (processes, threads each)}: 1 x all CPUs, 2 x half each, and --extra-layouts."""
     cpus = len(os.sched_getaffinity(0))
     layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
-    for extra in filter(None, args.extra_layouts.split(",")):  # e.g. 3x1: more processes than cores
+    for extra in extra_layouts(args):
         processes, threads = (int(n) for n in extra.split("x"))
         layouts[extra] = (processes, threads)
     return layouts
@@ -586,7 +591,7 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
             for n in runtimes], ["runtime", "bare 1 proc x 2 threads", "bare 2 procs x 1 thread", "ratio",
                                  f"bare b{b} 1x2", f"bare b{b} 2x1",
                                  "path 1x2", "path/bare 1x2", "path 2x1", "path/bare 2x1"])
-        if extra := list(filter(None, args.extra_layouts.split(","))):
+        if extra := extra_layouts(args):
             common.print_table("More layouts: bare forward b1 and the worker path (images/s, whole machine)", [
                 [n, layout, med(f"layout_{layout}/{n}"), med(f"layout_path_{layout}/{n}"),
                  med(f"layout_path_{layout}/{n}") / med(f"layout_{layout}/{n}"),
