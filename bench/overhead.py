@@ -8,7 +8,9 @@ same shape):
 
 1. decode + preprocess of a 1024 px PNG in a fresh process with glibc's default malloc and in one
    with `worker.allocator.keep_freed_memory()` (what every worker process runs), alternating;
-2. the 14 boxes: `shared._regions` (C) against scipy's labelling;
+2. the unfilter of those PNGs' rows: `shared._png_unfilter` with AVX2 (16 rows at a time in vector
+   lanes) against its scalar loops (4 Paeth rows at a time), where the CPU has AVX2;
+   the 14 boxes: `shared._regions` (C) against scipy's labelling;
 3. preprocess's last step: `shared._resample.channels_f32` against the numpy steps;
 4. the CAM sheet's durable write: `Storage.begin_cam_sheet` + `wait()` with the native thread, and
    the same with the caller's thread doing it (`put_cam_sheet`), wall time, plus how much of the
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     import shared.classifier
     import shared.gradcam
     import shared.storage
+    from shared import png_fast
     from shared.classifier import preprocess
     from shared.gradcam import boxes_from_cams, upsample
 
@@ -169,6 +172,25 @@ def main(argv: list[str] | None = None) -> None:
         tuned.append(decode_in_child("tuned", paths, args.repeats))
     rows.append(["decode + preprocess, 1024 px PNG", "glibc default malloc", min(default),
                  "keep_freed_memory()", min(tuned), min(default) / min(tuned)])
+
+    if png_fast.VECTOR:
+        from shared import _png_unfilter as png_unfilter
+
+        filtered = [png_fast.filtered_rows(p.read_bytes()) for p in paths]
+        rows_of = [(raw, np.empty((h, w), dtype=np.uint8), w, h) for raw, w, h in filter(None, filtered)]
+
+        def unfilter_all(vector: bool) -> None:
+            for raw, out, width, height in rows_of:
+                png_unfilter.unfilter(raw, out, width, height, 1, vector)
+
+        unfilter_all(False)
+        scalar = [out.copy() for _, out, _, _ in rows_of]
+        unfilter_all(True)
+        assert all(np.array_equal(a, out) for a, (_, out, _, _) in zip(scalar, rows_of, strict=True))
+        per_image = 1 / len(rows_of)
+        rows.append(["unfilter of a 1024 px PNG's rows", "scalar, 4 Paeth rows at a time",
+                     best_ms(lambda: unfilter_all(False), args.repeats) * per_image,
+                     "AVX2, 16 rows at a time", best_ms(lambda: unfilter_all(True), args.repeats) * per_image, None])
 
     rng = np.random.default_rng(0)
     cams = np.stack([np.clip(upsample(rng.random((3, 3)) - 0.3, 7, 7), 0, None) for _ in range(14)])

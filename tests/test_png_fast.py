@@ -418,6 +418,95 @@ def test_c_unfilter_rejects_wrong_sizes(raw_len: int, out_len: int, width: int, 
         unfilter(bytes(raw_len), bytearray(out_len), width, height, bpp)
 
 
+# ---------------------------------------------------------------------------------------------
+# (c) 8-bit rows 16 at a time in AVX2 lanes (shared._png_unfilter.VECTOR): against the scalar loops,
+#     Pillow and the spec, with every filter type in every lane and partial bands at the end
+
+needs_vector = pytest.mark.skipif(not png_fast.VECTOR, reason="the CPU has no AVX2 (or the extension is not built)")
+BAND_SIZES = [(64, 16), (65, 17), (79, 31), (64, 48), (100, 33), (257, 40), (1024, 35)]
+
+
+def _unfilter_both(raw: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    from shared._png_unfilter import unfilter
+
+    vector, scalar = (np.empty((height, width), dtype=np.uint8) for _ in range(2))
+    unfilter(raw, vector, width, height, 1, True)
+    unfilter(raw, scalar, width, height, 1, False)
+    return vector, scalar
+
+
+@needs_vector
+@pytest.mark.parametrize("size", BAND_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("pattern", ["random", "paeth", "runs"])
+@pytest.mark.parametrize("style", ["uniform", "small", "zeros"])
+def test_vector_bands_match_scalar_and_pillow(size: tuple[int, int], pattern: str, style: str) -> None:
+    width, height = size
+    rng = np.random.default_rng([width, height, len(pattern), len(style), 16])
+    raw = random_raw(rng, width, height, 1, filter_pattern(rng, height, pattern), style)
+    vector, scalar = _unfilter_both(raw, width, height)
+    assert np.array_equal(vector, scalar)
+    assert np.array_equal(vector, pillow_pixels(make_png(width, height, raw)))
+    if width * height <= 3000:
+        assert vector.tobytes() == unfilter_ref(raw, width, height, 1)
+
+
+@needs_vector
+def test_vector_band_every_filter_type_in_every_lane() -> None:
+    """Each of the 5 types in each of the 16 lanes of a band, after each type in the lane before."""
+    rng = np.random.default_rng(16)
+    for first in range(5):
+        filters = [first] + [int(f) for f in rng.permutation(np.tile(np.arange(5), 7))[:47]]
+        width, height = 70, len(filters)
+        raw = random_raw(rng, width, height, 1, filters, "uniform")
+        vector, scalar = _unfilter_both(raw, width, height)
+        assert vector.tobytes() == unfilter_ref(raw, width, height, 1), filters
+        assert np.array_equal(vector, scalar)
+
+
+@needs_vector
+def test_vector_band_paeth_on_every_triple() -> None:
+    """All 256**3 (a, b, c) through the vector lanes: bands of 16 rows alternating a None row that sets
+    (c, b) and a Paeth row built as in test_paeth_predictor_on_every_triple, so lanes 1, 3, ..., 15
+    each compute Paeth on 32 of the 256 values of a."""
+    from shared._png_unfilter import unfilter
+
+    c_all, b_all = (v.ravel() for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    for half in range(2):
+        raw_rows, expected_rows = [], []
+        for lane in range(8):
+            start = 128 * half + 16 * lane
+            a = np.repeat(np.arange(start, start + 16), c_all.size)
+            b, c = np.tile(b_all, 16), np.tile(c_all, 16)
+            expected = _paeth_np(a, b, c)
+            first = _paeth_np(np.concatenate(([0], expected[:-1])), c, np.concatenate(([0], b[:-1])))
+            n = 2 * a.size
+            pair = np.zeros((2, n + 1), dtype=np.uint8)
+            pair[0, 1::2], pair[0, 2::2] = c, b
+            pair[1, 0] = 4
+            pair[1, 1::2] = (a - first) & 0xFF
+            raw_rows.append(pair)
+            expected_rows.append((a, expected))
+        raw = np.concatenate(raw_rows)
+        height, n = raw.shape[0], raw.shape[1] - 1
+        out = np.empty((height, n), dtype=np.uint8)
+        unfilter(raw.tobytes(), out, n, height, 1)
+        for lane, (a, expected) in enumerate(expected_rows):
+            assert np.array_equal(out[2 * lane + 1, 0::2], a)
+            mismatch = np.flatnonzero(out[2 * lane + 1, 1::2] != expected)
+            assert mismatch.size == 0, f"lane {2 * lane + 1}: Paeth{a[mismatch[0]], mismatch[0]}"
+
+
+@needs_vector
+def test_vector_band_with_a_bad_filter_type_is_refused_at_its_row() -> None:
+    from shared._png_unfilter import unfilter
+
+    width, height = 64, 48
+    raw = bytearray(random_raw(np.random.default_rng(5), width, height, 1, [4] * height, "uniform"))
+    raw[(width + 1) * 21] = 7  # inside the second band
+    with pytest.raises(ValueError, match="filter type 7 on row 21"):
+        unfilter(bytes(raw), bytearray(width * height), width, height, 1)
+
+
 @needs_ext
 @pytest.mark.parametrize("ftype", [5, 6, 128, 255])
 @pytest.mark.parametrize("bpp", [1, 3])
