@@ -214,7 +214,8 @@ wave16(const uint8_t *in, uint8_t *out, Py_ssize_t stride, const uint8_t *prev, 
         transpose16(x);   /* x[t] lane k = row k, column i0 + t - k */
         for (t = 0; t < 16; t++) {
             const __m256i X = _mm256_cvtepu8_epi16(x[t]);
-            const __m256i up0 = _mm256_zextsi128_si256(_mm_cvtsi32_si128(prev[WAVE16_PAD + i0 + t]));
+            const __m256i up0 = _mm256_inserti128_si256(_mm256_setzero_si256(),
+                                                        _mm_cvtsi32_si128(prev[WAVE16_PAD + i0 + t]), 0);
             /* B = A one lane up (lane 0 gets 0, then the row above's byte). */
             const __m256i B = _mm256_or_si256(
                 _mm256_alignr_epi8(A, _mm256_permute2x128_si256(A, A, 0x08), 14), up0);
@@ -481,7 +482,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"unfilter", png_unfilter, METH_VARARGS,
-     "unfilter(raw, out, width, height, bpp, vector=True)\n--\n\n"
+     "unfilter(raw, out, width, height, bpp, vector=True, /)\n--\n\n"
      "Reverse PNG filters 0-4: raw holds height rows of (filter byte + width*bpp bytes);\n"
      "out (writable, height*width*bpp bytes) receives the pixels. Releases the GIL.\n"
      "vector=False keeps to the scalar loops (VECTOR says whether the CPU has the other)."},
