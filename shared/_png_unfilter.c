@@ -373,7 +373,7 @@ unfilter_image(const uint8_t *src, uint8_t *dst, Py_ssize_t rowbytes, Py_ssize_t
 {
     const Py_ssize_t stride = rowbytes + 1;
     const uint8_t *prev = NULL;
-    Py_ssize_t y = 0;
+    Py_ssize_t y = 0, bad_row = -1;
 #ifdef HAVE_WAVE16
     Wave16Scratch wave = {NULL, NULL, NULL, 0};
     vector = vector && have_vector && bpp == 1 && rowbytes >= WAVE16_MIN_WIDTH && height >= WAVE16_ROWS
@@ -409,10 +409,8 @@ unfilter_image(const uint8_t *src, uint8_t *dst, Py_ssize_t rowbytes, Py_ssize_t
             continue;
         }
         if (unfilter_row(row[0], row + 1, out, prev, rowbytes, bpp) < 0) {
-#ifdef HAVE_WAVE16
-            free(wave.in);
-#endif
-            return y;
+            bad_row = y;
+            break;
         }
         prev = out;
         y++;
@@ -420,7 +418,7 @@ unfilter_image(const uint8_t *src, uint8_t *dst, Py_ssize_t rowbytes, Py_ssize_t
 #ifdef HAVE_WAVE16
     free(wave.in);
 #endif
-    return -1;
+    return bad_row;
 }
 
 static PyObject *

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,10 +156,15 @@ def test_nih_png_matches_pillow(path: Path) -> None:
 SIZES = [(1, 1), (1, 7), (2, 3), (3, 5), (4, 4), (5, 9), (7, 2), (31, 17), (64, 8), (257, 13), (1000, 6)]
 
 
+def each_pattern_and_style(test: Callable[..., None]) -> Callable[..., None]:
+    """Run a synthetic-image test for every filter pattern and payload style (`random_raw`)."""
+    test = pytest.mark.parametrize("style", ["uniform", "small", "zeros"])(test)
+    return pytest.mark.parametrize("pattern", ["random", "paeth", "runs"])(test)
+
+
 @needs_ext
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("pattern", ["random", "paeth", "runs"])
-@pytest.mark.parametrize("style", ["uniform", "small", "zeros"])
+@each_pattern_and_style
 def test_synthetic_grey8_matches_pillow(size: tuple[int, int], pattern: str, style: str) -> None:
     width, height = size
     rng = np.random.default_rng([width, height, len(pattern), len(style)])
@@ -437,8 +443,7 @@ def _unfilter_both(raw: bytes, width: int, height: int) -> tuple[np.ndarray, np.
 
 @needs_vector
 @pytest.mark.parametrize("size", BAND_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("pattern", ["random", "paeth", "runs"])
-@pytest.mark.parametrize("style", ["uniform", "small", "zeros"])
+@each_pattern_and_style
 def test_vector_bands_match_scalar_and_pillow(size: tuple[int, int], pattern: str, style: str) -> None:
     width, height = size
     rng = np.random.default_rng([width, height, len(pattern), len(style), 16])
