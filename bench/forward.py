@@ -171,8 +171,9 @@ def probe_main(argv: list[str]) -> int:
     load the model (timed), say ready, then on each 'go' line run the images at batch 1 (the bare
     forward pass; 'go N': at batch N), on each 'path' line run them through the worker path
     (process_study against this probe's own SQLite and storage, one study at a time, as a prefork
-    child does), and report (for 'path', also the mean milliseconds per study of each stage the
-    studies' rows record)."""
+    child does), on each 'outside' line measure the CPU a study costs outside its forward pass
+    (`bench.worker.outside_forward_cpu_ms`, warm and right after a real pass), and report (for
+    'path', also the mean milliseconds per study of each stage the studies' rows record)."""
     import tempfile
 
     runtime, precision, threads, processes, bundle, *images = argv
@@ -191,22 +192,26 @@ def probe_main(argv: list[str]) -> int:
     load_s = time.perf_counter() - start
     diagnoser = Diagnoser(ForwardGate(predictor))
     with tempfile.TemporaryDirectory(prefix="xray-probe-") as scratch:
-        from bench.worker import WorkerPath, mean_stage_ms
+        from bench.worker import WorkerPath, mean_stage_ms, outside_forward_cpu_ms
 
         path = WorkerPath(Path(scratch), paths)
         path.run(diagnoser)  # warm: SQLite, storage folders, the resize weights
-        _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid()})
+        _say({"event": "ready", "load_s": load_s, "rss_mb": _rss_mb(), "pid": os.getpid(), "scratch": scratch})
         for line in sys.stdin:
             command, *size = line.split()
-            if command not in ("go", "path"):
+            if command not in ("go", "path", "outside"):
                 break
             start = time.perf_counter()
-            stages: dict[str, float] = {}
+            answer: dict[str, Any] = {"stages_ms": {}}
             if command == "go":
                 forward_images_per_s(predictor, batch, int(size[0]) if size else 1)
+            elif command == "path":
+                answer["stages_ms"] = mean_stage_ms(path.run(diagnoser)[1])
             else:
-                stages = mean_stage_ms(path.run(diagnoser)[1])
-            _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(), "stages_ms": stages})
+                answer["outside_cpu_ms"] = {
+                    "warm": outside_forward_cpu_ms(path, predictor, batch),
+                    "after_pass": outside_forward_cpu_ms(path, predictor, batch, after_pass=True)}
+            _say({"event": "done", "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(), **answer})
         path.engine.dispose()
     return 0
 

@@ -73,8 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the CPU's boost clock, for the nominal ceiling (EPYC 9004: 3.7)")
     parser.add_argument("--skip-probes", action="store_true", help="skip the threads-versus-processes probes")
     parser.add_argument("--extra-layouts", default="",
-                        help="more probe layouts PROCESSESxTHREADS besides 1x2 and 2x1, e.g. 3x1 (printed with "
-                             "the same columns)")
+                        help="more probe layouts PROCESSESxTHREADS[-ram] besides 1x2 and 2x1, e.g. 3x1 (more "
+                             "processes than cores) or 2x1-ram (the probes' SQLite and storage in /dev/shm, where "
+                             "a sync costs nothing: what the durable writes cost the path); printed with the "
+                             "same columns")
     parser.add_argument("--redis-url", default=common.BENCH_REDIS_URL)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed)")
@@ -220,15 +222,25 @@ class ReplayedForward:
         return np.repeat(self.probabilities, len(batch), 0), np.repeat(self.features, len(batch), 0)
 
 
-def outside_forward_cpu_ms(path: WorkerPath, predictor: Any, batch: Any) -> float:
-    """CPU ms per study of the worker path without its forward pass (one study at a time)."""
+def outside_forward_cpu_ms(path: WorkerPath, predictor: Any, batch: Any, after_pass: bool = False) -> float:
+    """CPU ms per study of the worker path without its forward pass (one study at a time). With
+    `after_pass`, each study runs right after a real forward pass (not counted) has filled the CPU's
+    caches with the model, as in a worker; without, the studies follow each other with warm caches."""
     from shared.diagnosis import Diagnoser
 
     diagnoser = Diagnoser(ReplayedForward(predictor, batch))
     ids = path.add_studies()
-    start = time.process_time()
-    path.process(diagnoser, ids)
-    return (time.process_time() - start) / len(ids) * 1000.0
+    if not after_pass:
+        start = time.process_time()
+        path.process(diagnoser, ids)
+        return (time.process_time() - start) / len(ids) * 1000.0
+    spent = 0.0
+    for index, study_id in enumerate(ids):
+        predictor.predict(batch[index % len(batch)][None])
+        start = time.process_time()
+        path.process(diagnoser, [study_id])
+        spent += time.process_time() - start
+    return spent / len(ids) * 1000.0
 
 
 def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scratch: Path, results: Results) -> None:
@@ -309,47 +321,90 @@ def in_process(args: argparse.Namespace, runtimes: list[str], bundle: Path, scra
 # ----------------------------------------------------------------------------- probes: threads vs processes
 
 
+RAM_FOLDER = Path("/dev/shm")  # a RAM file system on Linux: a sync there costs nothing
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A probe layout: `processes` probe processes with `threads` inference threads each; `ram`:
+    their SQLite and storage in RAM_FOLDER instead of the scratch folder's disk."""
+
+    processes: int
+    threads: int
+    ram: bool = False
+
+
 def extra_layouts(args: argparse.Namespace) -> list[str]:
-    """The --extra-layouts, e.g. ['3x1'] (more processes than cores)."""
+    """The --extra-layouts, e.g. ['3x1', '2x1-ram']."""
     return list(filter(None, args.extra_layouts.split(",")))
 
 
-def probe_layouts(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
-    """{layout: (processes, threads each)}: 1 x all CPUs, 2 x half each, and --extra-layouts."""
+def parse_layout(name: str) -> Layout:
+    """'PxT' (P processes x T threads) or 'PxT-ram' (the same with SQLite and storage in RAM)."""
+    shape, dash, where = name.partition("-")
+    numbers = shape.split("x")
+    if len(numbers) != 2 or not all(n.isdigit() and int(n) > 0 for n in numbers) or (dash and where != "ram"):
+        raise SystemExit(f"--extra-layouts: {name!r} is not PROCESSESxTHREADS[-ram], e.g. 3x1 or 2x1-ram")
+    if where and not RAM_FOLDER.is_dir():
+        raise SystemExit(f"--extra-layouts {name}: {RAM_FOLDER} (a RAM file system) is not here")
+    processes, threads = (int(n) for n in numbers)
+    return Layout(processes, threads, ram=bool(where))
+
+
+def probe_layouts(args: argparse.Namespace) -> dict[str, Layout]:
+    """{name: layout}: 1 x all CPUs, 2 x half each, and --extra-layouts."""
     cpus = len(os.sched_getaffinity(0))
-    layouts = {"1x2": (1, cpus), "2x1": (2, max(1, cpus // 2))}
-    for extra in extra_layouts(args):
-        processes, threads = (int(n) for n in extra.split("x"))
-        layouts[extra] = (processes, threads)
+    layouts = {"1x2": Layout(1, cpus), "2x1": Layout(2, max(1, cpus // 2))}
+    layouts.update({extra: parse_layout(extra) for extra in extra_layouts(args)})
     return layouts
+
+
+def probe_commands(args: argparse.Namespace, layout: Layout) -> list[tuple[str, str | None]]:
+    """What each repeat asks a layout's probes, and the key of the images/s it gives: the bare pass
+    at batch 1 and --batch, the worker path, and, with one inference thread per process (whose
+    threads do not spin on after a pass, as a second one does), the CPU a study costs outside its
+    forward pass, warm and right after a real pass (no rate)."""
+    commands: list[tuple[str, str | None]] = [("go", "layout"), (f"go {args.batch}", f"layout_b{args.batch}"),
+                                              ("path", "layout_path")]
+    if layout.threads == 1:
+        commands.append(("outside", None))
+    return commands
+
+
+def start_probe(name: str, layout: Layout, bundle: Path, images: list[str]) -> subprocess.Popen[str]:
+    """One probe process of `layout` for runtime `name` (`bench.forward.probe_main`). It keeps its
+    SQLite and storage in a temporary folder: in RAM_FOLDER for a -ram layout."""
+    argv = [sys.executable, "-m", "bench.worker", "--probe", *split_runtime(name), str(layout.threads),
+            str(layout.processes), str(bundle), *images]
+    env = {**os.environ, **({"TMPDIR": str(RAM_FOLDER)} if layout.ram else {})}
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=common.PROJECT_ROOT, env=env)
 
 
 def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results: Results) -> None:
     """For each runtime: 1 process x 2 threads and 2 processes x 1 thread, the bare forward pass at
     batch 1 and the worker path (each process its own SQLite and storage, one study at a time: what
-    `xray worker --concurrency 2` children do), alternating within each repeat. Also each process's
-    model load time and RSS."""
+    `xray worker --concurrency 2` children do), alternating within each repeat; the same for each
+    --extra-layouts (3x1, or 2x1-ram with the probes' files in RAM); with one thread per process, the
+    CPU a study costs outside its forward pass (`probe_commands`). Also each process's model load
+    time and RSS."""
     layouts = probe_layouts(args)
     images = [str(p) for p in common.mixed_images(args.images)]
     groups: dict[tuple[str, str], list[subprocess.Popen[str]]] = {}
     try:
         for name in runtimes:
-            for layout, (processes, threads) in layouts.items():
-                group = []
-                for _ in range(processes):
-                    argv = [sys.executable, "-m", "bench.worker", "--probe", *split_runtime(name), str(threads),
-                            str(processes), str(bundle), *images]
-                    group.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                                  cwd=common.PROJECT_ROOT, env={**os.environ}))
+            for layout, shape in layouts.items():
+                group = [start_probe(name, shape, bundle, images) for _ in range(shape.processes)]
                 groups[(name, layout)] = group
                 for proc in group:  # load one group at a time: load times are not inflated by others
                     ready = _read(proc)
+                    if shape.ram and not Path(ready["scratch"]).is_relative_to(RAM_FOLDER):
+                        raise RuntimeError(f"probe of {layout} keeps its files in {ready['scratch']}, not in RAM")
                     results.add(f"probe_load_s/{name}", ready["load_s"])
                     results.add(f"probe_rss_mb/{name}", ready["rss_mb"])
         for repeat in range(args.repeats + 1):
             for (name, layout), group in groups.items():
-                for command, key in (("go", "layout"), (f"go {args.batch}", f"layout_b{args.batch}"),
-                                     ("path", "layout_path")):
+                for command, key in probe_commands(args, layouts[layout]):
                     start = time.perf_counter()
                     for proc in group:
                         assert proc.stdin is not None
@@ -357,11 +412,14 @@ def probes(args: argparse.Namespace, runtimes: list[str], bundle: Path, results:
                         proc.stdin.flush()
                     answers = [_read(proc) for proc in group]
                     rate = len(images) * len(group) / (time.perf_counter() - start)
-                    if repeat:
+                    if not repeat:
+                        continue
+                    if key:
                         results.add(f"{key}_{layout}/{name}", rate)
-                        for stage in answers[0]["stages_ms"]:  # mean over the layout's processes
-                            results.add(f"path_stage_ms_{layout}/{name}/{stage}",
-                                        sum(a["stages_ms"][stage] for a in answers) / len(answers))
+                    for part, prefix in (("stages_ms", "path_stage_ms"), ("outside_cpu_ms", "outside_cpu_ms")):
+                        for what in answers[0].get(part, {}):  # mean over the layout's processes
+                            results.add(f"{prefix}_{layout}/{name}/{what}",
+                                        sum(a[part][what] for a in answers) / len(answers))
     finally:
         for group in groups.values():
             for proc in group:
@@ -533,6 +591,21 @@ def best_forward(results: Results, name: str) -> tuple[float, str]:
     return rates[where], where
 
 
+def bound_row(results: Results, name: str) -> list[Any]:
+    """The bound F / (F + O) for one runtime: F the forward pass's CPU ms per image with every core
+    in it (from the bare 2 x 1 pass), O the CPU ms a study costs outside it, measured warm in this
+    process and, in the 2 x 1 probes, warm and right after a real pass; beside the measured ratio."""
+    med, samples = results.med, results.samples
+    cpus = len(os.sched_getaffinity(0))
+    bare = med(f"layout_2x1/{name}") if f"layout_2x1/{name}" in samples else med(f"forward_b1/{name}")
+    forward_ms = cpus * 1000.0 / bare
+    outside = med(f"outside_forward_cpu_ms/{name}")
+    warm, after = (med(f"outside_cpu_ms_2x1/{name}/{what}") for what in ("warm", "after_pass"))
+    measured = med(f"layout_path_2x1/{name}") / bare if f"layout_path_2x1/{name}" in samples else ""
+    return [name, forward_ms, outside, forward_ms / (forward_ms + outside), warm, after,
+            forward_ms / (forward_ms + after), measured]
+
+
 def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], results: Results) -> None:
     f, med = results.figures, results.med
     fastest = {name: best_forward(results, name) for name in runtimes}
@@ -601,8 +674,8 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
     if any(k.startswith("path_stage_ms_") for k in results.samples):
         rows = []
         for n in runtimes:
-            for layout, (processes, _threads) in probe_layouts(args).items():
-                t = study_time(results, n, layout, processes)
+            for layout, shape in probe_layouts(args).items():
+                t = study_time(results, n, layout, shape.processes)
                 rows.append([n, layout, t["bare"], t["path"], t["forward"], t["forward"] - t["bare"], t["decode"],
                              t["write"], t["other"], t["rest"], t["bare"] / t["path"]])
         common.print_table("Where a study's time goes: ms per study and process (bare: per image), the stages' mean "
@@ -611,18 +684,13 @@ def report(args: argparse.Namespace, runtimes: list[str], e2e: list[str], result
                             "decode", "sheet durable (wait)", "read, preprocess, CAMs, boxes, sheet encode",
                             "rest (SQL, Python, off CPU)", "path / bare"])
     if any(k.startswith("outside_forward_cpu_ms/") for k in results.samples):
-        cpus = len(os.sched_getaffinity(0))
-        rows = []
-        for n in runtimes:
-            bare = med(f"layout_2x1/{n}") if f"layout_2x1/{n}" in results.samples else med(f"forward_b1/{n}")
-            forward_ms = cpus * 1000.0 / bare  # CPU ms per image with every core in the forward pass
-            outside = med(f"outside_forward_cpu_ms/{n}")
-            measured = (med(f"layout_path_2x1/{n}") / bare) if f"layout_path_2x1/{n}" in results.samples else ""
-            rows.append([n, forward_ms, outside, forward_ms / (forward_ms + outside), measured])
         common.print_table("The bound: CPU per study outside the forward pass (one study at a time, the forward "
-                           "replayed) against the forward pass's CPU per image", rows,
-                           ["runtime", "forward CPU ms / image", "outside CPU ms / study",
-                            "bound F / (F + O)", "measured path / bare 2x1"])
+                           "replayed; warm: studies back to back in this process; in 2 x 1: in both probe "
+                           "processes at once, warm and each right after a real forward pass) against the "
+                           "forward pass's CPU per image", [bound_row(results, n) for n in runtimes],
+                           ["runtime", "forward CPU ms / image", "outside CPU ms / study", "bound F / (F + O)",
+                            "2x1 outside warm", "2x1 outside after a pass", "bound after a pass",
+                            "measured path / bare 2x1"])
     if e2e:
         rows = []
         for name in e2e:
