@@ -112,10 +112,6 @@ def bench_settings(scratch: Path) -> Settings:
     })
 
 
-
-
-
-
 @contextmanager
 def process(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real subprocess in its own process group, always stopped afterwards (its group only)."""
