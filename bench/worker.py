@@ -230,13 +230,10 @@ def outside_forward_cpu_ms(path: WorkerPath, predictor: Any, batch: Any, after_p
 
     diagnoser = Diagnoser(ReplayedForward(predictor, batch))
     ids = path.add_studies()
-    if not after_pass:
-        start = time.process_time()
-        path.process(diagnoser, ids)
-        return (time.process_time() - start) / len(ids) * 1000.0
     spent = 0.0
     for index, study_id in enumerate(ids):
-        predictor.predict(batch[index % len(batch)][None])
+        if after_pass:
+            predictor.predict(batch[index % len(batch)][None])
         start = time.process_time()
         path.process(diagnoser, [study_id])
         spent += time.process_time() - start
