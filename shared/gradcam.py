@@ -3,7 +3,7 @@
 The head is global average pooling then a dense layer, so Grad-CAM equals CAM: for finding k the
 gradient of the logit with respect to the feature map A (h, w, C) is kernel[:, k] / (h * w) at every
 position, and Grad-CAM's relu(sum_c mean_grad_c * A_c) is relu(A . kernel[:, k]) up to a positive
-factor that the per-map normalisation removes. No gradient pass is needed (tests/test_gradcam.py
+factor that the per-map normalisation removes. No gradient pass is needed (tests/shared/test_gradcam.py
 holds this equal to a GradientTape Grad-CAM).
 
 Geometry: the model sees the whole image resized (aspect not kept) to S x S, so map cell (i, j) of an

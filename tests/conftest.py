@@ -167,7 +167,7 @@ def token_client_class(token: str) -> type[FlaskClient]:
 @pytest.fixture
 def account_factory(settings: Settings) -> Callable[..., Account]:
     """`account_factory(role="radiologist", username=None)`: a user + token on `settings`' database
-    (its tables made from the ORM if missing, as tests.test_web_support.make_app does)."""
+    (its tables made from the ORM if missing, as tests.web.support.make_app does)."""
     made: set[str] = set()
 
     def make(role: str = "admin", username: str | None = None) -> Account:

@@ -33,7 +33,7 @@ from shared.models import Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.storage import Storage
 from tests.service_harness import delete_queue_keys, service_env, wait_until, worker_process
-from tests.test_fault_support import (
+from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
     assert_done_exactly_once,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from shared.config import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_images: list[Path]) -> None:
     script = textwrap.dedent(f"""
         import io, sys
         from shared.config import load_settings
-        from tests.test_web_support import make_app, upload
+        from tests.web.support import make_app, upload
         settings = load_settings({{"XRAY_VAR_DIR": {str(settings.var_dir)!r}, "XRAY_QUEUE": "xray.test.isolation"}})
         app, producer = make_app(settings)
         client = app.test_client()
@@ -28,7 +28,7 @@ def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_ima
         from shared.gradcam import cam_sheet_png  # what the worker stores; the web renders the layer
         from shared.models import Finding
         from shared.storage import Storage
-        from tests.test_web_support import session_for
+        from tests.web.support import session_for
         with session_for(settings) as session:
             path = Storage(settings.storage_dir).put_cam_sheet(study, cam_sheet_png({{"Mass": np.eye(7)}}))
             session.add(Finding(study_id=study, label="Mass", probability=0.9, threshold=0.5, positive=True,

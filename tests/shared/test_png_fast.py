@@ -18,7 +18,7 @@ from PIL import Image
 
 from shared import png_fast
 
-NIH_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-full" / "images"
+NIH_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih-full" / "images"
 
 needs_ext = pytest.mark.skipif(not png_fast.AVAILABLE, reason="shared._png_unfilter is not built")
 

@@ -10,7 +10,7 @@ import redis
 
 from shared.config import Settings
 from shared.queue import HEARTBEAT_TTL_S, heartbeat_key
-from tests.test_web_support import make_app
+from tests.web.support import make_app
 
 
 def test_healthy_with_worker_model_versions(settings: Settings, redis_url: str) -> None:

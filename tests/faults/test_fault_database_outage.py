@@ -27,7 +27,7 @@ from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.conftest import TEST_POSTGRES_ADMIN_URL
 from tests.service_harness import delete_queue_keys, wait_until, worker_process
-from tests.test_fault_support import (
+from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
     assert_done_exactly_once,

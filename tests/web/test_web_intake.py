@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from shared.config import Settings
 from shared.models import Batch, Study
 from shared.queue import TASK_DIAGNOSE
-from tests.test_web_support import RecordingProducer, make_app, session_for, stored_originals, upload
+from tests.web.support import RecordingProducer, make_app, session_for, stored_originals, upload
 from web.intake import sanitise_filename
 
 

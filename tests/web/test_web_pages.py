@@ -11,10 +11,10 @@ import pytest
 from shared.config import Settings
 from shared.findings import FINDINGS
 from shared.models import Batch, Finding
-from tests.test_web_support import add_study, make_app, session_for, utc
+from tests.web.support import add_study, make_app, session_for, utc
 
 NOTICE = "Research demo — an aid, not a diagnosis"
-STATIC = Path(__file__).resolve().parents[1] / "web" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "web" / "static"
 
 
 def _study(settings: Settings, trained: bool | None, status: str = "done") -> int:

@@ -12,7 +12,7 @@ import pytest
 from shared.config import Settings
 from shared.findings import FINDINGS
 from shared.models import Batch, Finding
-from tests.test_web_support import add_study, make_app, session_for, utc
+from tests.web.support import add_study, make_app, session_for, utc
 from web.export import safe_cell
 
 

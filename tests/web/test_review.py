@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from shared.config import Settings
 from shared.models import Batch, Review, Study
-from tests.test_web_support import add_study, make_app, session_for, utc
+from tests.web.support import add_study, make_app, session_for, utc
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.hostile_corpus import hostile_cases
 from tests.service_harness import delete_queue_keys, wait_until, worker_process
-from tests.test_fault_support import (
+from tests.faults.support import (
     all_finished,
     fault_env,
     files_under,
@@ -38,7 +38,7 @@ from tests.test_fault_support import (
     log_tail,
     study_states,
 )
-from tests.test_web_support import make_app, session_for
+from tests.web.support import make_app, session_for
 
 # Client names that try to escape or confuse, and the display name each must become. A raw backslash
 # inside a quoted multipart `filename="..."` is an escape character (RFC 9110 quoted-pair), so Werkzeug

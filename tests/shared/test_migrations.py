@@ -15,7 +15,7 @@ from shared.db import make_engine
 from shared.migrate import current, head, migrations_dir, upgrade
 from shared.models import Base
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _assert_matches_models(url: str) -> None:

@@ -16,7 +16,7 @@ from werkzeug.routing import IntegerConverter
 from shared.config import Settings
 from shared.models import Batch, Finding
 from tests.conftest import Account
-from tests.test_web_support import add_study, make_app, session_for, utc
+from tests.web.support import add_study, make_app, session_for, utc
 from web.auth import ACCESS, PUBLIC_ENDPOINTS
 
 # Endpoints deliberately left to admins only (not in web.auth.ACCESS).

@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.queue import TASK_DIAGNOSE
 from tests.conftest import make_account, token_client_class
 from tests.service_harness import delete_queue_keys
-from tests.test_web_support import make_tables, upload
+from tests.web.support import make_tables, upload
 
 
 def test_messages_reach_the_real_broker(settings: Settings, redis_url: str, nih_full_images: list[Path]) -> None:

@@ -4,7 +4,7 @@ diagnosis, a summary with done / failed / rejected reasons, the Bearer header, a
 studies when the same folder is submitted again (unless --rerun).
 
 The Celery producer is injected: instead of Redis and a TensorFlow worker (the browser test and
-tests/test_service_integration.py run those), `StandInWorker` finishes each enqueued study from a
+tests/integration/test_service_integration.py run those), `StandInWorker` finishes each enqueued study from a
 thread, using the real triage rule, so that `submit` has a batch to follow to completion."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.models import Study
 from shared.triage import triage
-from tests.test_web_support import make_app, session_for
+from tests.web.support import make_app, session_for
 
 
 @contextmanager

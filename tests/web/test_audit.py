@@ -19,7 +19,7 @@ from shared.models import Review, Study
 from shared.models_accounts import AuditEvent, BatchUploader
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_array
-from tests.test_web_support import make_app, session_for
+from tests.web.support import make_app, session_for
 
 SECRETS = {"PatientID": "PID-SECRET-4711", "PatientName": "Zyxwv^Secretname", "AccessionNumber": "ACCSECRET99"}
 KEY = "audit-test-secret-key-0123456789abcdef"

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from shared.config import Settings
 from shared.models import Study
-from tests.test_web_support import make_app, session_for, upload
+from tests.web.support import make_app, session_for, upload
 from web.archive import ArchiveLimits, expand_zip
 from web.intake import Rejection, Upload
 

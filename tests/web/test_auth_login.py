@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from shared.config import Settings
 from tests.conftest import TEST_PASSWORD, Account
-from tests.test_web_support import make_app, session_for
+from tests.web.support import make_app, session_for
 
 
 def _csrf(html: str) -> str:

@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.gradcam import cam_sheet_png, heatmap_layer_png
 from shared.models import Batch, Finding
 from shared.storage import Storage
-from tests.test_web_support import add_study, make_app, session_for, upload
+from tests.web.support import add_study, make_app, session_for, upload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

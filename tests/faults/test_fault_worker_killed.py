@@ -23,7 +23,7 @@ from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.service_harness import delete_queue_keys, wait_until, worker_process
-from tests.test_fault_support import (
+from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
     assert_done_exactly_once,

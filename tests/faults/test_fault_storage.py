@@ -32,7 +32,7 @@ from shared.models import Batch, Study
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.service_harness import delete_queue_keys, wait_until, worker_process
-from tests.test_fault_support import (
+from tests.faults.support import (
     all_finished,
     assert_done_exactly_once,
     count_by_status,
@@ -46,7 +46,7 @@ from tests.test_fault_support import (
     study_states,
     tmpfs,
 )
-from tests.test_web_support import make_app, session_for, upload
+from tests.web.support import make_app, session_for, upload
 
 
 @pytest.fixture
