@@ -26,7 +26,6 @@ from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.conftest import TEST_POSTGRES_ADMIN_URL
-from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -37,6 +36,7 @@ from tests.faults.support import (
     kermany_payloads,
     log_tail,
 )
+from tests.service_harness import delete_queue_keys, wait_until, worker_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -20,7 +20,6 @@ from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
-from tests.service_harness import wait_until, worker_process
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -32,6 +31,7 @@ from tests.faults.support import (
     log_tail,
     own_redis,
 )
+from tests.service_harness import wait_until, worker_process
 
 pytestmark = pytest.mark.slow
 

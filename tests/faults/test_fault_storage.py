@@ -31,7 +31,6 @@ from shared.migrate import upgrade
 from shared.models import Batch, Study
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
-from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.faults.support import (
     all_finished,
     assert_done_exactly_once,
@@ -46,6 +45,7 @@ from tests.faults.support import (
     study_states,
     tmpfs,
 )
+from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.web.support import make_app, session_for, upload
 
 

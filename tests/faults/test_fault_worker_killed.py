@@ -22,7 +22,6 @@ from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
-from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -34,6 +33,7 @@ from tests.faults.support import (
     log_tail,
     study_states,
 )
+from tests.service_harness import delete_queue_keys, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
 

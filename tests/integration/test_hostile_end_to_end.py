@@ -27,8 +27,6 @@ from shared.migrate import upgrade
 from shared.models import Batch, Study
 from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis, make_celery
 from shared.storage import Storage
-from tests.hostile_corpus import hostile_cases
-from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.faults.support import (
     all_finished,
     fault_env,
@@ -38,6 +36,8 @@ from tests.faults.support import (
     log_tail,
     study_states,
 )
+from tests.hostile_corpus import hostile_cases
+from tests.service_harness import delete_queue_keys, wait_until, worker_process
 from tests.web.support import make_app, session_for
 
 # Client names that try to escape or confuse, and the display name each must become. A raw backslash

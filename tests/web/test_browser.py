@@ -14,8 +14,8 @@ import pytest
 
 from shared.config import PROJECT_ROOT, Settings
 from tests.conftest import make_account
-from tests.service_harness import delete_queue_keys, service_env, worker_process
 from tests.integration.test_submit import serve
+from tests.service_harness import delete_queue_keys, service_env, worker_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -32,7 +32,6 @@ from shared.migrate import upgrade
 from shared.models import Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.storage import Storage
-from tests.service_harness import delete_queue_keys, service_env, wait_until, worker_process
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -42,6 +41,7 @@ from tests.faults.support import (
     log_tail,
     study_states,
 )
+from tests.service_harness import delete_queue_keys, service_env, wait_until, worker_process
 from worker import watchdog as watchdog_module
 from worker.watchdog import WATCHDOG_EXIT_CODE, Watchdog, check_interval_s, watching
 
