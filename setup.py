@@ -1,10 +1,8 @@
-"""Build hook for the optional C extensions; all metadata lives in pyproject.toml.
+"""Build hook for the two optional C kernels; all metadata lives in pyproject.toml.
 
-`optional=True` means a machine without a C compiler still installs the package:
-shared.png_fast then reports the fast path as unavailable and callers use Pillow, and
-shared.resize converts 8-bit images to float before its sparse product, and
-shared.storage writes CAM sheets on the caller's thread, and shared.gradcam finds
-boxes with scipy's labelling.
+`optional=True` means a machine without a C compiler still installs the package: shared.png_fast
+then reports the fast path as unavailable and callers use Pillow, and shared.resize converts 8-bit
+images to float before its sparse product.
 """
 
 from setuptools import Extension, setup
@@ -14,18 +12,6 @@ setup(
         Extension(
             "shared._png_unfilter",
             ["shared/_png_unfilter.c"],
-            optional=True,
-            extra_compile_args=["-O3"],
-        ),
-        Extension(
-            "shared._durable",
-            ["shared/_durable.c"],
-            optional=True,
-            extra_compile_args=["-O2", "-pthread"],
-        ),
-        Extension(
-            "shared._regions",
-            ["shared/_regions.c"],
             optional=True,
             extra_compile_args=["-O3"],
         ),

@@ -1,12 +1,7 @@
-"""`xray worker [--concurrency N] [--pool prefork|solo|threads] [--loglevel LEVEL]`: a Celery worker
-for the configured queue (XRAY_QUEUE) on REDIS_URL, diagnosing into DATABASE_URL and STORAGE_DIR with
-the bundle at MODEL_DIR. Stop it with SIGTERM or Ctrl-C (warm shutdown: the running study finishes).
-
-`--pool prefork --concurrency N`: N child processes, each with its own model. `--pool threads
---concurrency K`: ONE process, ONE model, K studies in flight (decoding, heatmaps and SQL of some
-overlap the forward pass of another; forward passes take turns). Celery enforces no time limits
-there: worker/watchdog.py ends the process at the hard limit, so run it under a restarting
-supervisor. See docs/OPERATING.md."""
+"""`xray worker [--concurrency N] [--loglevel LEVEL]`: a Celery worker (prefork: N processes, each
+with its own model) for the configured queue (XRAY_QUEUE) on REDIS_URL, diagnosing into DATABASE_URL
+and STORAGE_DIR with the bundle at MODEL_DIR. Stop it with SIGTERM or Ctrl-C (warm shutdown: the
+running studies finish)."""
 
 from __future__ import annotations
 
@@ -18,16 +13,8 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worker", help="run a worker that diagnoses queued studies")
     parser.add_argument("--concurrency", "-c", type=int, default=1,
-                        help="prefork: pool processes, each with its own copy of the model; threads: "
-                             "studies in flight in this one process, sharing one model (default 1)")
-    parser.add_argument("--pool", choices=("prefork", "solo", "threads"), default="prefork",
-                        help="prefork (default): model loaded in each child after the fork; "
-                             "threads: one process, one model, --concurrency K studies in flight (for "
-                             "I/O-heavy deployments; forward passes take turns, XRAY_WORKER_BATCH "
-                             "joins waiting ones; no Celery time limits: a watchdog ends the process "
-                             "at XRAY_TASK_TIME_LIMIT, so run it under a restarting supervisor; for "
-                             "more, run several worker processes or containers); solo: one study at "
-                             "a time in this process")
+                        help="pool processes, each with its own copy of the model (default 1; one per "
+                             "core or two is the usual choice, see docs/OPERATING.md)")
     parser.add_argument("--loglevel", "-l", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.set_defaults(func=run)
 
@@ -56,31 +43,24 @@ def preflight(settings: object) -> str | None:
     return None
 
 
-def describe_mode(pool: str, concurrency: int, settings: object) -> str:
-    """The worker's mode in words, printed at start."""
+def describe_mode(concurrency: int, settings: object) -> str:
+    """The worker's runtime and processes in words, printed at start (resolves `auto`)."""
     from shared.config import Settings
+    from shared.runtime import resolve_auto
 
     assert isinstance(settings, Settings)
-    k = max(1, concurrency)
-    if pool == "threads":
-        return (f"pool threads: {k} studies in flight in this one process sharing one model (forward "
-                f"passes take turns, up to {settings.worker_batch_size} image(s) per pass); no Celery "
-                f"time limits: the watchdog ends this process if a study passes "
-                f"{settings.task_time_limit_s} s")
-    if pool == "solo":
-        return (f"pool solo: one study at a time in this process; the watchdog ends this process if a "
-                f"study passes {settings.task_time_limit_s} s")
-    return f"pool prefork: {k} process(es), each with its own model"
+    runtime, precision = resolve_auto(settings.inference_runtime, settings.inference_precision)
+    return f"{max(1, concurrency)} process(es), each with its own model, on {runtime}-{precision}"
 
 
-def celery_argv(settings: object, concurrency: int, pool: str, loglevel: str) -> list[str]:
+def celery_argv(settings: object, concurrency: int, loglevel: str) -> list[str]:
     from shared.config import Settings
 
     assert isinstance(settings, Settings)
     return [
         "worker",
         f"--queues={settings.queue_name}",
-        f"--pool={pool}",
+        "--pool=prefork",
         f"--concurrency={max(1, concurrency)}",
         f"--loglevel={loglevel}",
         f"--hostname=xray-{os.getpid()}@%h",
@@ -103,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
     print(f"xray worker: queue {settings.queue_name} on {_redacted(settings.redis_url or '')}, "
-          f"model {settings.model_dir}, {describe_mode(args.pool, args.concurrency, settings)}", flush=True)
+          f"model {settings.model_dir}, {describe_mode(args.concurrency, settings)}", flush=True)
     try:
-        app.worker_main(celery_argv(settings, args.concurrency, args.pool, args.loglevel))
+        app.worker_main(celery_argv(settings, args.concurrency, args.loglevel))
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0

@@ -368,6 +368,8 @@ class Classifier(CardBacked):
         read_weights(model, weights_path)
         return cls(model, card)
 
+    runtime_name = "tensorflow-f32"  # what shared.runtime calls TensorFlow's float32 forward pass
+
     @property
     def tracing_count(self) -> int:
         """How many times the forward pass was traced (stays 1 once called)."""

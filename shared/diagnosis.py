@@ -5,19 +5,14 @@ No database and no queue here: the worker wraps this with Celery, storage and SQ
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.gradcam import Box, boxes_from_cams, class_activation_maps
-
-# Called with (index of the image in the batch, {label: (h, w) CAM}) as soon as an image's maps exist,
-# before its boxes are found: the worker starts storing the maps while the boxes are computed.
-MapsCallback = Callable[[int, dict[str, np.ndarray]], None]
 
 if TYPE_CHECKING:
     from shared.classifier import Classifier
@@ -53,6 +48,7 @@ class Diagnosis:
     findings: list[FindingResult]
     model_version: str
     model_trained: bool
+    runtime: str  # runtime and precision of the forward pass, e.g. openvino-bf16
     image_width: int
     image_height: int
     timings_ms: dict[str, float]
@@ -85,6 +81,7 @@ class Diagnosis:
             "no_finding": self.no_finding,
             "model_version": self.model_version,
             "model_trained": self.model_trained,
+            "runtime": self.runtime,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
 
@@ -110,13 +107,12 @@ class Diagnoser:
         self._thresholds = classifier.thresholds
         self._labels = classifier.labels
 
-    def diagnose(self, image: XRayImage, on_maps: MapsCallback | None = None) -> Diagnosis:
-        return self.diagnose_many([image], on_maps)[0]
+    def diagnose(self, image: XRayImage) -> Diagnosis:
+        return self.diagnose_many([image])[0]
 
-    def diagnose_many(self, images: Sequence[XRayImage], on_maps: MapsCallback | None = None) -> list[Diagnosis]:
+    def diagnose_many(self, images: Sequence[XRayImage]) -> list[Diagnosis]:
         """Diagnose several images with one forward pass. timings_ms['forward'] is each image's
-        share of the batch's forward pass; 'forward_batch' is the whole pass. `on_maps` (optional)
-        gets each image's CAMs before its boxes are found (see MapsCallback)."""
+        share of the batch's forward pass; 'forward_batch' is the whole pass."""
         if not images:
             return []
         batch, preprocess_ms = self._preprocess(images)
@@ -124,8 +120,7 @@ class Diagnoser:
         probabilities, features = self.classifier.predict(batch)
         forward_ms = _ms_since(start)
         return [
-            self._result(image, probabilities[i], features[i], preprocess_ms[i], forward_ms, len(images),
-                         None if on_maps is None else functools.partial(on_maps, i))
+            self._result(image, probabilities[i], features[i], preprocess_ms[i], forward_ms, len(images))
             for i, image in enumerate(images)
         ]
 
@@ -145,19 +140,14 @@ class Diagnoser:
         preprocess_ms: float,
         forward_ms: float,
         batch_size: int,
-        on_maps: Callable[[dict[str, np.ndarray]], None] | None,
     ) -> Diagnosis:
         start = time.perf_counter()
         cams = class_activation_maps(features, self.classifier.dense_kernel)
-        cam_ms = _ms_since(start)
-        if on_maps is not None:  # its own time is not the CAMs' (the worker times what it does)
-            on_maps(dict(zip(self._labels, cams, strict=True)))
-        start = time.perf_counter()
         boxes = boxes_from_cams(cams, image.width, image.height)
         findings = [
             self._finding(k, float(probabilities[k]), cams[k], boxes[k]) for k in range(len(self._labels))
         ]
-        cam_ms += _ms_since(start)
+        cam_ms = _ms_since(start)
         timings = {
             "preprocess": preprocess_ms,
             "forward": forward_ms / batch_size,
@@ -168,6 +158,7 @@ class Diagnoser:
             findings=findings,
             model_version=self.classifier.version,
             model_trained=self.classifier.trained,
+            runtime=self.classifier.runtime_name,
             image_width=image.width,
             image_height=image.height,
             timings_ms=timings,

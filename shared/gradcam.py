@@ -16,19 +16,12 @@ from __future__ import annotations
 import functools
 import io
 import re
-import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 from scipy import ndimage
-
-try:  # optional C extension (setup.py): the largest region of each map
-    from shared import _regions
-except ImportError:  # pragma: no cover - depends on the build
-    _regions = None  # type: ignore[assignment]
 
 # Boxes are found on the map upsampled to at most this many samples per map cell along each axis
 # (at 224 input and 7 x 7 maps: a 56 x 56 grid, one sample per 4 model pixels), then scaled to the
@@ -40,7 +33,6 @@ CAM_LEVELS = 65535
 MAX_CAM_SIDE = 64  # a stored map larger than this is refused (a 7 x 7 map is what the model gives)
 CAM_SHEET_KEY = "xray-cams"  # the PNG text chunk naming a CAM sheet's maps, top to bottom
 _SHEET_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -134,16 +126,13 @@ def boxes_from_cams(cams: np.ndarray, width: int, height: int, fraction: float =
 def largest_regions(above: np.ndarray) -> np.ndarray:
     """For a (K, H, W) boolean stack: each map's largest region (4-connected, within the map) as
     (K, 4) int rows of row_start, row_stop, col_start, col_stop (stops exclusive), -1s for a map
-    with none. Of equally large regions the first in row-major order of its first pixel wins. In C
-    (`shared._regions`) where it is built, else scipy's labelling (the same answer, 10x the time)."""
+    with none. Of equally large regions the first in row-major order of its first pixel wins
+    (scipy's labelling numbers regions in that order)."""
     above = np.ascontiguousarray(above, dtype=bool)
     if above.ndim != 3:
         raise ValueError(f"expected a (K, H, W) stack, got shape {above.shape}")
     found = np.full((len(above), 4), -1, dtype=np.int32)
     if not above.size:
-        return found
-    if _regions is not None:
-        _regions.largest(above.view(np.uint8), above.shape[0], above.shape[1], above.shape[2], found)
         return found
     labels, count = ndimage.label(above, structure=_ONE_MAP_AT_A_TIME)
     if count == 0:
@@ -191,47 +180,32 @@ def cam_sheet_png(cams: Mapping[str, np.ndarray]) -> bytes:
             raise ValueError(f"refused the label {label!r}")
         if cam.ndim != 2 or not cam.size or cam.shape != shape or not np.all(np.isfinite(cam)):
             raise ValueError(f"expected finite (h, w) maps of one shape, got {cam.shape} for {label}")
-    levels = np.rint(np.clip(np.concatenate(maps), 0.0, 1.0) * CAM_LEVELS).astype(">u2")  # PNG: big-endian
-    return _grey16_png(levels, {CAM_SHEET_KEY: ",".join(cams)})
+    levels = np.rint(np.clip(np.concatenate(maps), 0.0, 1.0) * CAM_LEVELS).astype(np.uint16)
+    text = PngImagePlugin.PngInfo()
+    text.add_text(CAM_SHEET_KEY, ",".join(cams))
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="PNG", pnginfo=text, compress_level=6)
+    return buffer.getvalue()
 
 
-def _grey16_png(levels: np.ndarray, text: Mapping[str, str]) -> bytes:
-    """A 16-bit greyscale PNG of big-endian (h, w) levels with tEXt chunks, written directly (the
-    PNG spec's chunks: IHDR, tEXt, one IDAT of unfiltered rows at zlib level 6, IEND). For a
-    sheet of a hundred small rows this is a fifth of what Pillow's encoder spends on it."""
-    height, width = levels.shape
-    rows = np.zeros((height, 1 + 2 * width), dtype=np.uint8)  # filter byte 0 (None), then the row
-    rows[:, 1:] = levels.view(np.uint8).reshape(height, 2 * width)
-    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))]
-    chunks += [_png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
-               for key, value in text.items()]
-    chunks += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _png_chunk(b"IEND", b"")]
-    return _PNG_SIGNATURE + b"".join(chunks)
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def cam_from_png(data: bytes, label: str | None = None) -> np.ndarray:
-    """The (h, w) float32 map in [0, 1] of `label` from a CAM sheet (`cam_sheet_png`). A 16-bit PNG
-    without the `xray-cams` chunk holds one map (one file per finding, as stored before sheets):
-    that map, whatever the label. ValueError for anything else (an RGBA heatmap layer stored before
-    CAMs were, a label the sheet lacks, a map larger than MAX_CAM_SIDE)."""
+def cam_from_png(data: bytes, label: str) -> np.ndarray:
+    """The (h, w) float32 map in [0, 1] of `label` from a CAM sheet (`cam_sheet_png`). ValueError for
+    anything else (not a sheet, a label the sheet lacks, a map larger than MAX_CAM_SIDE)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "PNG" or image.mode not in ("I;16", "I"):
                 raise ValueError(f"not a 16-bit greyscale CAM PNG ({image.format} {image.mode})")
             width, height = image.size
             sheet = image.info.get(CAM_SHEET_KEY)
-            labels = str(sheet).split(",") if sheet is not None else []  # [] : a single map
-            count = len(labels) or 1
-            side = height // count
-            if height % count or max(width, side) > MAX_CAM_SIDE:
-                raise ValueError(f"a CAM sheet of {width} x {height} for {count} maps is refused")
-            if labels and label not in labels:
+            if sheet is None:
+                raise ValueError("not a CAM sheet (no xray-cams text chunk)")
+            labels = str(sheet).split(",")
+            side = height // len(labels)
+            if height % len(labels) or max(width, side) > MAX_CAM_SIDE:
+                raise ValueError(f"a CAM sheet of {width} x {height} for {len(labels)} maps is refused")
+            if label not in labels:
                 raise ValueError(f"the CAM sheet has no map for {label!r}")
-            index = labels.index(label) if labels else 0
+            index = labels.index(label)
             levels = np.asarray(image, dtype=np.float64)[index * side:(index + 1) * side]
     except (OSError, SyntaxError) as exc:  # Pillow's errors for bytes it cannot read
         raise ValueError(f"not a readable PNG: {exc}") from exc

@@ -89,6 +89,8 @@ class Study(Base):
     error: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[str | None] = mapped_column(String(64))
     model_trained: Mapped[bool | None] = mapped_column(Boolean)
+    model_runtime: Mapped[str | None] = mapped_column(String(32))  # e.g. openvino-bf16
+    display_path: Mapped[str | None] = mapped_column(String(255))  # the picture the web shows (DICOM)
     timings: Mapped[dict | None] = mapped_column(JSON)
 
     # Triage: urgency in [0, 1] from the findings; due_at orders the worklist (earliest first).

@@ -10,7 +10,6 @@ from celery import Celery
 from shared.config import Settings
 
 TASK_DIAGNOSE = "worker.tasks.diagnose_study"
-TASK_RECONCILE = "worker.tasks.reconcile"
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
@@ -21,8 +20,7 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue_name,
-        "task_routes": {TASK_DIAGNOSE: {"queue": settings.queue_name},
-                        TASK_RECONCILE: {"queue": settings.queue_name}},
+        "task_routes": {TASK_DIAGNOSE: {"queue": settings.queue_name}},
         # Long, memory-heavy tasks: acknowledge only when done, requeue when a worker dies,
         # take one message at a time.
         "task_acks_late": True,
@@ -36,7 +34,7 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         # Loading TensorFlow and the model takes a while: do not kill children while they load.
         "worker_proc_alive_timeout": 120,
-        # KiB: recycle a prefork child that leaks past the cap (threads/solo: worker/memory_cap.py)
+        # KiB: recycle a pool process that leaks past the cap
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

@@ -2,28 +2,13 @@
 
 Both give the `Predictor` interface that `shared.diagnosis.Diagnoser` uses: `predict(batch) ->
 (probabilities (N, 14), features (N, h, w, 2048))` plus the card, version, thresholds and the dense
-kernel the CAMs need. Choose with `load_predictor(model_dir, runtime, precision, processes=...)`;
-the worker takes `Settings.inference_runtime` (XRAY_RUNTIME) and `Settings.inference_precision`
-(XRAY_PRECISION).
+kernel the CAMs need. `XRAY_RUNTIME` and `XRAY_PRECISION` default to `auto`: OpenVINO where it is
+installed (bf16 where the CPU computes bfloat16 natively, else f32), TensorFlow f32 otherwise.
 
-OpenVINO converts the SAME Keras model (weights from the bundle) through `openvino.convert_model`
-on its tf.function's concrete function, once, and caches the IR next to the bundle in
-`<bundle>/openvino/<version>-<precision>/model.xml` (gitignored). A process that finds the cache
-never imports TensorFlow: it reads the dense kernel from `weights.npz` directly, so it starts
-faster and is smaller. The IR is stored in float32 for both precisions; `bf16` is OpenVINO's
-inference precision hint (bfloat16 matmuls/convolutions, float32 accumulation), which needs a CPU
-with AVX512_BF16 or AMX.
-
-Threads: a process gets `cpus // processes` inference threads (at least one). With more than one
-process on the machine, OpenVINO's CPU pinning is turned off, otherwise every process pins its
-threads to the same first cores and they share them.
-
-Streams (OpenVINO only, XRAY_WORKER_STREAMS): a process may run `streams` forward passes at once,
-each on `threads // streams` of its threads (OpenVINO's NUM_STREAMS, one infer request per stream).
-With the threads pool and several studies in flight, two single-thread streams on two cores let one
-study's decoding, CAMs and SQL run beside the other's forward pass instead of stalling a pass that
-needs both cores at once. `predictor.streams` tells `worker.forward_gate.ForwardGate` how many
-passes may overlap; CPU pinning is off with more than one stream for the same reason as above.
+OpenVINO converts the same Keras model once and caches the IR beside the bundle in
+`<bundle>/openvino/<version>-<precision>/` (gitignored); a process that finds the cache never imports
+TensorFlow. Threads: each process gets `cpus // processes` inference threads; with more than one
+process OpenVINO's CPU pinning is off, or every process would pin to the same first cores.
 """
 
 from __future__ import annotations
@@ -31,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import time
@@ -57,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = ("f32", "bf16")
+AUTO = "auto"
 OPENVINO_DIR = "openvino"
 IR_FILE = "model.xml"
 IR_META = "meta.json"
@@ -88,8 +73,6 @@ class Predictor(Protocol):
     def thresholds(self) -> np.ndarray: ...
     @property
     def runtime_name(self) -> str: ...
-    @property
-    def streams(self) -> int: ...  # forward passes that may run at once (ForwardGate's limit)
     def preprocess(self, pixels: np.ndarray) -> np.ndarray: ...
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -102,7 +85,6 @@ class RuntimeChoice:
     precision: str
     threads: int
     processes: int
-    streams: int = 1
 
     @property
     def name(self) -> str:
@@ -110,7 +92,7 @@ class RuntimeChoice:
 
     @property
     def pin_cpus(self) -> bool:
-        return self.processes == 1 and self.streams == 1
+        return self.processes == 1
 
 
 def available_cpus() -> int:
@@ -136,23 +118,36 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: int | None = None,
-                   streams: int = 1) -> RuntimeChoice:
-    """Validate a runtime/precision pair, saying what to set instead when it cannot run here."""
-    runtime = runtime.strip().lower()
-    precision = precision.strip().lower()
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_auto(runtime: str, precision: str) -> tuple[str, str]:
+    """Replace `auto` by what this machine runs best: OpenVINO when installed, bf16 where native."""
+    runtime = runtime.strip().lower() or AUTO
+    precision = precision.strip().lower() or AUTO
+    if runtime == AUTO:
+        runtime = "openvino" if openvino_installed() else "tensorflow"
+    if precision == AUTO:
+        precision = "bf16" if runtime == "openvino" and cpu_supports_bf16() else "f32"
+    return runtime, precision
+
+
+def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: int | None = None) -> RuntimeChoice:
+    """Validate a runtime/precision pair (`auto` allowed), saying what to set instead when it cannot
+    run here."""
+    runtime, precision = resolve_auto(runtime, precision)
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"XRAY_RUNTIME must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if precision not in PRECISIONS:
         raise RuntimeUnavailable(f"XRAY_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if runtime == "openvino":
-        try:
-            import openvino  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeUnavailable(
-                "XRAY_RUNTIME=openvino but the openvino package is not installed: "
-                "pip install 'diagnose-my-xray[ml]', or set XRAY_RUNTIME=tensorflow"
-            ) from exc
+    if runtime == "openvino" and not openvino_installed():
+        raise RuntimeUnavailable("XRAY_RUNTIME=openvino but the openvino package is not installed: "
+                                 "pip install 'diagnose-my-xray[ml]', or set XRAY_RUNTIME=tensorflow")
     if precision == "bf16":
         if runtime != "openvino":
             raise RuntimeUnavailable("XRAY_PRECISION=bf16 is served by XRAY_RUNTIME=openvino only; "
@@ -162,29 +157,19 @@ def choose_runtime(runtime: str, precision: str, processes: int = 1, threads: in
                                      "machine lacks; set XRAY_PRECISION=f32")
     if threads is not None and threads < 1:
         raise RuntimeUnavailable(f"inference threads must be at least 1, got {threads}")
-    if streams < 1:
-        raise RuntimeUnavailable(f"XRAY_WORKER_STREAMS must be at least 1, got {streams}")
-    if streams > 1 and runtime != "openvino":
-        raise RuntimeUnavailable("XRAY_WORKER_STREAMS above 1 is served by XRAY_RUNTIME=openvino only; "
-                                 "set XRAY_RUNTIME=openvino or XRAY_WORKER_STREAMS=1")
     processes = max(1, processes)
-    threads = threads or threads_per_process(processes)
-    if streams > threads:
-        raise RuntimeUnavailable(f"XRAY_WORKER_STREAMS={streams} needs at least one inference thread per stream; "
-                                 f"this process has {threads}")
-    return RuntimeChoice(runtime, precision, threads, processes, streams)
+    return RuntimeChoice(runtime, precision, threads or threads_per_process(processes), processes)
 
 
 def load_predictor(
     model_dir: str | Path,
-    runtime: str = "tensorflow",
-    precision: str = "f32",
+    runtime: str = AUTO,
+    precision: str = AUTO,
     processes: int = 1,
     threads: int | None = None,
-    streams: int = 1,
 ) -> Predictor:
     """Load the bundle at model_dir with the chosen runtime (validated by `choose_runtime`)."""
-    choice = choose_runtime(runtime, precision, processes, threads, streams)
+    choice = choose_runtime(runtime, precision, processes, threads)
     if choice.runtime == "tensorflow":
         return TensorFlowPredictor.load(model_dir, choice)
     return OpenVINOPredictor.load(model_dir, choice)
@@ -222,7 +207,6 @@ class TensorFlowPredictor(CardBacked):
         return cls(Classifier.load(model_dir), choice)
 
     runtime_name = property(lambda self: self.choice.name)
-    streams = 1  # one forward pass at a time
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.classifier.predict(batch)
@@ -296,10 +280,7 @@ class OpenVINOPredictor(CardBacked):
         self.dense_kernel = kernel
         self.dense_bias = bias
         self._compiled = compiled
-        self.streams = choice.streams
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()  # one idle infer request per stream
-        for _ in range(choice.streams):
-            self._requests.put(compiled.create_infer_request())
+        self._request = compiled.create_infer_request()
         self._probabilities = compiled.output(OUTPUT_PROBABILITIES)
         self._features = compiled.output(OUTPUT_FEATURES)
 
@@ -324,8 +305,8 @@ class OpenVINOPredictor(CardBacked):
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": choice.threads,
-            "NUM_STREAMS": choice.streams,
-            "PERFORMANCE_HINT": "LATENCY",  # the explicit streams and threads above take precedence
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",  # the explicit threads above take precedence
             "ENABLE_CPU_PINNING": choice.pin_cpus,
         }
         compiled = core.compile_model(core.read_model(xml), "CPU", config)
@@ -346,9 +327,5 @@ class OpenVINOPredictor(CardBacked):
         size = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
             raise ValueError(f"predict expects a batch of shape (N, {size}, {size}, 3), got {batch.shape}")
-        request = self._requests.get()  # never waits when callers respect `streams` (ForwardGate does)
-        try:
-            results = request.infer({INPUT_NAME: batch})
-            return np.array(results[self._probabilities]), np.array(results[self._features])
-        finally:
-            self._requests.put(request)
+        results = self._request.infer({INPUT_NAME: batch})
+        return np.array(results[self._probabilities]), np.array(results[self._features])

@@ -3,25 +3,19 @@
 The database holds only the relative paths this module returns. Every write is atomic (a temporary
 file in the same folder, fsync, `os.replace`, fsync of the folder), so a reader sees either nothing
 or the whole file, and a failed write leaves nothing behind. A study's heatmaps are one file, its CAM
-sheet (`put_cam_sheet`); studies done before sheets have one file per finding, still readable.
+sheet (`put_cam_sheet`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
-import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-
-try:  # optional C extension (setup.py): the sheet's durable write on a native thread
-    from shared import _durable
-except ImportError:  # pragma: no cover - depends on the build
-    _durable = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +72,10 @@ class Storage:
     def cam_sheet_relpath(study_id: int) -> str:
         return f"heatmaps/{study_id // 1000:05d}/{study_id}.png"
 
+    @staticmethod
+    def display_relpath(study_id: int) -> str:
+        return f"display/{study_id // 1000:05d}/{study_id}.png"
+
     # -- writing -----------------------------------------------------------------------------------
 
     def put_original(self, data: bytes, extension: str) -> str:
@@ -99,41 +97,25 @@ class Storage:
 
     def put_cam_sheet(self, study_id: int, data: bytes) -> str:
         """Store (or replace) a study's CAM sheet (`shared.gradcam.cam_sheet_png`: every finding's map
-        in one file) and return its path. Atomic and durable like every write here: the file and
-        its folder are fsynced, and a new folder's parent too, so the folder itself survives a crash.
-        Folders hold 1,000 studies each."""
-        relpath, target = self._cam_sheet_target(study_id)
+        in one file); returns its path."""
+        return self._put_study_file(self.cam_sheet_relpath, study_id, data)
+
+    def put_display(self, study_id: int, data: bytes) -> str:
+        """Store (or replace) a study's display picture (`shared.display.display_png`); returns its path."""
+        return self._put_study_file(self.display_relpath, study_id, data)
+
+    def _put_study_file(self, relpath_of: Callable[[int], str], study_id: int, data: bytes) -> str:
+        """Atomic and durable like every write here; a new folder's parent is fsynced too, so the
+        folder itself survives a crash. Folders hold 1,000 studies each."""
+        if isinstance(study_id, bool) or not isinstance(study_id, int) or study_id < 0:
+            raise StorageError(f"refused the study id {study_id!r}")
+        relpath = relpath_of(study_id)
+        target = self.path(relpath)
         new_folder = not target.parent.is_dir()
         self._write_atomic(target, data)
         if new_folder:
             _fsync_dir(target.parent.parent)
         return relpath
-
-    def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
-        """`put_cam_sheet` that returns at once and goes on in the background, on a native thread
-        without the GIL (`shared._durable`); `wait()` on the result ends it. The name appears before
-        the one fsync (see the C source), so nothing may refer to the file durably before `wait()`
-        has returned. Without the extension the write happens here, before this returns."""
-        if _durable is None:
-            start = time.perf_counter()
-            relpath = self.put_cam_sheet(study_id, data)
-            return PendingWrite(relpath, done_ms=(time.perf_counter() - start) * 1000.0)
-        relpath, target = self._cam_sheet_target(study_id)
-        if not target.parent.is_dir():  # a new folder (one in 1,000 studies): made durable now
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                log.error("storage: cannot create %s: %s", target.parent, exc)
-                raise _write_error(exc) from exc
-            _fsync_dir(target.parent.parent)
-        temp = f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{target.name}"
-        return PendingWrite(relpath, running=_durable.start(str(target.parent), temp, target.name, data))
-
-    def _cam_sheet_target(self, study_id: int) -> tuple[str, Path]:
-        if isinstance(study_id, bool) or not isinstance(study_id, int) or study_id < 0:
-            raise StorageError(f"refused the study id {study_id!r}")
-        relpath = self.cam_sheet_relpath(study_id)
-        return relpath, self.path(relpath)
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         temp = self._write_temp(target, data)
@@ -190,32 +172,6 @@ class Storage:
 
     def exists(self, relpath: str) -> bool:
         return self.path(relpath).is_file()
-
-
-class PendingWrite:
-    """A durable write that may still be running (`Storage.begin_cam_sheet`): its path at once,
-    `wait()` for the outcome."""
-
-    def __init__(self, relpath: str, running: object | None = None, done_ms: float | None = None) -> None:
-        self.relpath = relpath
-        self._running = running  # a shared._durable.Write
-        self._ms = done_ms
-
-    def wait(self) -> float:
-        """Block until the file and its name are durable; the write's milliseconds. StorageError
-        (with the message a person can act on) if it failed; nothing is left half-written."""
-        if self._ms is None:
-            try:
-                self._ms = float(self._running.wait())  # type: ignore[attr-defined]
-            except OSError as exc:
-                log.error("storage: cannot write %s: %s", exc.filename or self.relpath, exc)
-                raise _write_error(exc) from exc
-        return self._ms
-
-    def settle(self) -> None:
-        """Block until the write has ended, successfully or not, without raising."""
-        with contextlib.suppress(StorageError):
-            self.wait()
 
 
 def _remove_quietly(path: Path) -> None:

@@ -52,12 +52,11 @@ def delete_queue_keys(redis_url: str, queue_name: str) -> None:
 
 
 @contextmanager
-def worker_process(env: dict[str, str], log_path: Path, concurrency: int = 1,
-                   pool: str = "prefork") -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(env: dict[str, str], log_path: Path, concurrency: int = 1) -> Iterator[subprocess.Popen[bytes]]:
     """`xray worker` as a real subprocess in its own process group; always stopped afterwards."""
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--pool", pool, "--concurrency", str(concurrency)],
+        [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency)],
         env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

@@ -86,6 +86,7 @@ def healthz() -> tuple[Response, int]:
         "failed": [name for name, check in checks.items() if not check["ok"]],
         "workers": workers,
         "model_versions": sorted({w["model_version"] for w in workers if w["model_version"]}),
+        "runtimes": sorted({w["runtime"] for w in workers if w["runtime"]}),
         "queue_length": queue_length,
     }
     return jsonify(body), 200 if healthy else 503

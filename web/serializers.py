@@ -91,6 +91,7 @@ def study_detail(study: Study) -> dict[str, Any]:
         "attempts": study.attempts,
         "model_version": study.model_version,
         "model_trained": study.model_trained,
+        "model_runtime": study.model_runtime,
         "timings_ms": study.timings,
         "urgency": study.urgency,
         "due_at": iso(study.due_at),
@@ -137,6 +138,7 @@ def worklist_item(study: Study, positives: list[Finding]) -> dict[str, Any]:
         "finished_at": iso(study.finished_at),
         "model_version": study.model_version,
         "model_trained": study.model_trained,
+        "model_runtime": study.model_runtime,
         "positives": [
             {"label": f.label, "display_name": DISPLAY_NAMES.get(f.label, f.label), "probability": f.probability}
             for f in positives

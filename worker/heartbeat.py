@@ -1,6 +1,7 @@
 """Worker heartbeat (docs/INTERFACES.md): each worker process keeps a Redis key with what it serves.
 
-Key `heartbeat_key(settings, name)`, JSON `{"model_version", "model_trained", "runtime", "pid", "at"}`,
+Key `heartbeat_key(settings, name)`, JSON `{"model_version", "model_trained", "runtime", "pid", "at"}`
+(`runtime` is the runtime and precision serving the model, e.g. `openvino-bf16`),
 TTL `HEARTBEAT_TTL_S`, refreshed every third of the TTL by a daemon thread; deleted on a clean stop.
 """
 
@@ -27,10 +28,10 @@ def worker_name() -> str:
 
 class Heartbeat:
     def __init__(self, settings: Settings, redis_url: str, model_version: str, model_trained: bool,
-                 ttl_s: int = HEARTBEAT_TTL_S) -> None:
+                 runtime: str, ttl_s: int = HEARTBEAT_TTL_S) -> None:
         self.key = heartbeat_key(settings, worker_name())
         self._fields = {"model_version": model_version, "model_trained": model_trained,
-                        "runtime": settings.inference_runtime, "pid": os.getpid()}
+                        "runtime": runtime, "pid": os.getpid()}
         self._ttl_s = ttl_s
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._stop = threading.Event()

@@ -1,55 +1,63 @@
 """The reconciler: finds studies left `queued` or `processing` too long (a lost message, a killed
-worker) so that they are sent to the workers again.
+worker) and sends them to the workers again.
 
-The mechanism: each `xray worker` main process runs a small timer thread (`ReconcileTimer`) that
-sends the `TASK_RECONCILE` task to the queue every `reconcile_interval_s(settings)`; the message
-expires after one interval so that a busy queue never piles them up. The task (in a pool process)
-calls `claim_stale_studies`, which bumps `updated_at` of each stale study in one UPDATE ... RETURNING:
-when several workers reconcile at once, each stale study is claimed by exactly one of them and sent
-once per `reconcile_after_s`. Duplicates would be harmless anyway: the diagnosis task is idempotent.
+Each `xray worker` main process runs `Reconciler`, a timer thread outside the queue (a backlog of
+studies cannot hold it back). Every `reconcile_interval_s` it claims the stale studies in one
+UPDATE ... RETURNING (several workers reconciling at once each send a study at most once per
+`reconcile_after_s`) and sends them. A queued study counts as lost only when no message for it waits
+in the broker, so a long backlog is never sent twice. Duplicates would be harmless anyway: the
+diagnosis task is idempotent.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 
+import redis
+from celery import Celery
 from sqlalchemy import and_, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db import session_scope
+from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Study, StudyStatus
+from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis
 
 log = logging.getLogger(__name__)
 
 # A study `processing` for less than its time limit plus this margin may still be running.
 PROCESSING_MARGIN_S = 60
+UNACKED_KEY = "unacked"  # kombu's Redis transport: messages taken by a worker and not yet acknowledged
+_CHUNK = 1000
 
 
 def reconcile_interval_s(settings: Settings) -> float:
-    return min(300.0, max(1.0, settings.reconcile_after_s / 2))
+    return min(30.0, max(1.0, settings.reconcile_after_s / 2))
 
 
 def claim_stale_studies(session_factory: sessionmaker[Session], settings: Settings, now: datetime,
-                        include_queued: bool = True) -> list[int]:
+                        waiting: Collection[int] = ()) -> list[int]:
     """Ids of studies to send again; each is claimed (updated_at := now) so no other reconciler sends it.
 
-    Queued studies are stale after `reconcile_after_s`; processing ones only once they cannot still be
-    running (`task_time_limit_s` plus a margin, if that is longer). `include_queued=False` when the
-    broker still holds messages: those studies are most likely simply waiting their turn.
+    Queued studies are stale after `reconcile_after_s` unless their id is in `waiting` (a message for
+    them is in the broker); processing ones only once they cannot still be running
+    (`task_time_limit_s` plus a margin, if that is longer).
     """
     processing_after = max(settings.reconcile_after_s, settings.task_time_limit_s + PROCESSING_MARGIN_S)
     stale_processing = and_(Study.status == StudyStatus.PROCESSING.value,
                             Study.updated_at < now - timedelta(seconds=processing_after))
     stale_queued = and_(Study.status == StudyStatus.QUEUED.value,
                         Study.updated_at < now - timedelta(seconds=settings.reconcile_after_s))
-    condition = or_(stale_processing, stale_queued) if include_queued else stale_processing
+    if waiting:
+        stale_queued = and_(stale_queued, Study.id.not_in(sorted(waiting)))
     with session_scope(session_factory) as session:
         ids = session.execute(
-            update(Study).where(condition).values(updated_at=now).returning(Study.id)
+            update(Study).where(or_(stale_processing, stale_queued)).values(updated_at=now).returning(Study.id)
             .execution_options(synchronize_session=False)
         ).scalars().all()
     if ids:
@@ -57,14 +65,49 @@ def claim_stale_studies(session_factory: sessionmaker[Session], settings: Settin
     return sorted(ids)
 
 
-class ReconcileTimer:
-    """Calls `send()` now and then every `interval_s` seconds in a daemon thread until stopped."""
+def waiting_study_ids(client: redis.Redis, queue_name: str) -> set[int]:
+    """Ids of the studies whose diagnosis messages wait in the broker's list for `queue_name`, or
+    were taken by a worker and not yet acknowledged."""
+    ids: set[int] = set()
+    length = int(client.llen(queue_name))
+    for start in range(0, length, _CHUNK):
+        ids.update(filter(None, map(_study_id, client.lrange(queue_name, start, start + _CHUNK - 1))))
+    for raw in client.hvals(UNACKED_KEY):
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if routing_key == queue_name:
+            study_id = _study_id(json.dumps(message))
+            if study_id is not None:
+                ids.add(study_id)
+    return ids
 
-    def __init__(self, send: Callable[[], None], interval_s: float) -> None:
-        self._send = send
-        self._interval_s = interval_s
+
+def _study_id(raw: bytes | str) -> int | None:
+    """The study id of one kombu message of the diagnosis task (JSON body, base64 or not)."""
+    try:
+        message = json.loads(raw)
+        if message.get("headers", {}).get("task") != TASK_DIAGNOSE:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return int(args[0])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
+class Reconciler:
+    """Reconciles every `reconcile_interval_s` in a daemon thread of the worker's main process."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._interval_s = reconcile_interval_s(settings)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="xray-reconcile-timer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="xray-reconciler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -75,9 +118,18 @@ class ReconcileTimer:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._send()
-            except Exception as exc:  # noqa: BLE001 - Redis may be briefly away; try next time
-                log.warning("reconciler: could not send the reconcile task: %s", exc)
-            self._stop.wait(self._interval_s)
+        engine = make_engine(self._settings.database_url)
+        session_factory = make_session_factory(engine)
+        client = redis.Redis.from_url(self._settings.redis_url or self._app.conf.broker_url, socket_timeout=10)
+        try:
+            while not self._stop.wait(self._interval_s):
+                try:
+                    waiting = waiting_study_ids(client, self._settings.queue_name)
+                    for study_id in claim_stale_studies(session_factory, self._settings, datetime.now(UTC), waiting):
+                        enqueue_diagnosis(self._app, study_id)
+                except Exception as exc:  # noqa: BLE001 - the database or Redis may be briefly away
+                    log.warning("reconciler: could not reconcile now (%s); trying again in %.0f s",
+                                type(exc).__name__, self._interval_s)
+        finally:
+            client.close()
+            engine.dispose()

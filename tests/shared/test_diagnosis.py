@@ -112,33 +112,6 @@ def test_diagnose_many_matches_one_at_a_time(diagnoser: Diagnoser, images: list[
     assert diagnoser.classifier.tracing_count == 1
 
 
-def test_maps_are_handed_over_before_the_boxes(diagnoser: Diagnoser, images: list[XRayImage],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """`on_maps` gets each image's 14 CAMs, in canonical order, before its boxes are looked for (the
-    worker stores them meanwhile), and they are the maps the diagnosis keeps."""
-    import shared.diagnosis
-
-    events: list[tuple[str, int | None]] = []
-    handed: dict[int, dict[str, np.ndarray]] = {}
-    boxes_from_cams = shared.diagnosis.boxes_from_cams
-
-    def spy_boxes(cams: np.ndarray, width: int, height: int):  # type: ignore[no-untyped-def]
-        events.append(("boxes", None))
-        return boxes_from_cams(cams, width, height)
-
-    def on_maps(index: int, cams: dict[str, np.ndarray]) -> None:
-        events.append(("maps", index))
-        handed[index] = cams
-
-    monkeypatch.setattr(shared.diagnosis, "boxes_from_cams", spy_boxes)
-    results = diagnoser.diagnose_many(images[:2], on_maps)
-    assert events == [("maps", 0), ("boxes", None), ("maps", 1), ("boxes", None)]
-    for index, result in enumerate(results):
-        assert list(handed[index]) == list(FINDINGS)
-        for finding in result.findings:
-            assert np.array_equal(handed[index][finding.label], finding.cam)
-
-
 def _probabilities(diagnoser: Diagnoser, image: XRayImage) -> np.ndarray:
     return np.array([f.probability for f in diagnoser.diagnose(image).findings])
 

@@ -1,5 +1,6 @@
-"""The X-ray and its heatmap layers, served by the app from storage: PNG as stored, DICOM converted
-to PNG for display, heatmaps validated against FINDINGS, 404s for anything missing."""
+"""The X-ray and its heatmap layers, served by the app from storage: PNG as stored, DICOM through the
+display picture the worker made (never decoded by the web), heatmaps validated against FINDINGS,
+404s for anything missing."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import shared.images
 from shared.config import Settings
+from shared.display import display_png
 from shared.gradcam import cam_sheet_png, heatmap_layer_png
-from shared.models import Batch, Finding
+from shared.images import read_image
+from shared.models import Batch, Finding, Study
 from shared.storage import Storage
 from tests.web.support import add_study, make_app, session_for, upload
 
@@ -71,7 +75,8 @@ def test_png_original_is_served_as_stored(settings: Settings, png: bytes) -> Non
 
 
 @pytest.mark.parametrize("monochrome1", [False, True])
-def test_dicom_is_converted_to_png_for_display(settings: Settings, png: bytes, monochrome1: bool) -> None:
+def test_dicom_is_shown_through_its_display_picture(settings: Settings, png: bytes, monochrome1: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     app, _ = make_app(settings)
     client = app.test_client()
     body = upload(client, [(dicom_from_png(png, monochrome1=monochrome1), "chest.dcm")]).get_json()
@@ -81,6 +86,20 @@ def test_dicom_is_converted_to_png_for_display(settings: Settings, png: bytes, m
     assert detail["dicom"]["patient_name"] == "DOE^JANE" and detail["dicom"]["accession_number"] == "ACC-42"
     assert detail["dicom"]["body_part_examined"] == "CHEST"
 
+    # Until the worker has made its display picture, there is nothing to show (and nothing decoded here).
+    waiting = client.get(f"/studies/{study_id}/image")
+    assert waiting.status_code == 404 and "once the study is diagnosed" in waiting.get_data(as_text=True)
+    storage = Storage(settings.storage_dir)
+    with session_for(settings) as session:
+        study = session.get(Study, study_id)
+        decoded = read_image(storage.read(study.stored_path), settings.limits)
+        study.display_path = storage.put_display(study_id, display_png(decoded))  # what the worker stores
+        session.commit()
+
+    def no_decoding(*_: object, **__: object) -> None:
+        raise AssertionError("the web decoded a DICOM to show it")
+
+    monkeypatch.setattr(shared.images, "read_image", no_decoding)
     response = client.get(f"/studies/{study_id}/image")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert response.data.startswith(PNG_SIGNATURE)
@@ -89,6 +108,8 @@ def test_dicom_is_converted_to_png_for_display(settings: Settings, png: bytes, m
     assert shown.shape == original.shape
     # Same picture, the right way round (MONOCHROME1 inverted back): strongly positively correlated.
     assert np.corrcoef(shown.ravel(), original.ravel())[0, 1] > 0.99
+    again = client.get(f"/studies/{study_id}/image", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
 
 
 def _study_with_heatmap(settings: Settings, heatmap: bytes | None, label: str = "Effusion") -> int:
@@ -147,16 +168,6 @@ def test_each_finding_gets_its_own_map_from_the_one_sheet(settings: Settings) ->
     assert len(etags) == 2  # one stored file, two layers: two tags
 
 
-def test_single_cam_per_finding_stored_before_sheets_is_served(settings: Settings) -> None:
-    app, _ = make_app(settings)
-    single = io.BytesIO()
-    Image.fromarray(np.rint(_cam() * 65535).astype(np.uint16)).save(single, format="PNG")
-    study_id = _study_with_heatmap(settings, single.getvalue())
-    response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
-    expected = np.asarray(Image.open(io.BytesIO(heatmap_layer_png(_cam())))).astype(int)
-    assert np.max(np.abs(np.asarray(Image.open(io.BytesIO(response.data))).astype(int) - expected)) <= 1
-
-
 def test_heatmap_layer_is_rendered_from_the_stored_cam(settings: Settings) -> None:
     app, _ = make_app(settings)
     study_id = _study_with_heatmap(settings, _sheet(_cam()))
@@ -185,15 +196,6 @@ def test_heatmap_has_a_strong_etag_and_answers_304(settings: Settings) -> None:
     # Another map, another tag.
     other = _study_with_heatmap(settings, _sheet(_cam()[::-1]))
     assert client.get(f"/studies/{other}/heatmaps/Effusion.png").headers["ETag"] != etag
-
-
-def test_layer_stored_before_cams_is_served_as_stored(settings: Settings) -> None:
-    app, _ = make_app(settings)
-    layer = _heatmap_png()
-    study_id = _study_with_heatmap(settings, layer)
-    response = app.test_client().get(f"/studies/{study_id}/heatmaps/Effusion.png")
-    assert response.status_code == 200 and response.mimetype == "image/png"
-    assert response.data == layer
 
 
 def test_unreadable_heatmap_is_404(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """A real `xray worker` process (Celery on the real Redis, database 11, a queue of its own) diagnoses
-studies inserted straight into a database: SQLite with the prefork pool, PostgreSQL with the solo
-pool. Also: the heartbeat key, the reconciler picking up a study whose message was lost, and a clean
-stop (bounded waits; the process group is always killed at the end; only this test's keys removed).
+studies inserted straight into a database (SQLite, then PostgreSQL), on the default runtime. Also:
+the heartbeat key, the reconciler picking up a study whose message was lost, and a clean stop
+(bounded waits; the process group is always killed at the end; only this test's keys removed).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
+from shared.runtime import resolve_auto
 from shared.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -54,10 +55,10 @@ def _env(settings: Settings, redis_url: str, service_bundle: Path) -> dict[str, 
 
 
 @contextmanager
-def worker(env: dict[str, str], log_path: Path, pool: str) -> Iterator[subprocess.Popen[bytes]]:
+def worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--concurrency", "1", "--pool", pool],
+            [sys.executable, "-m", "cli.main", "worker", "--concurrency", "1"],
             env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
@@ -92,8 +93,7 @@ def _wait(predicate, timeout_s: float, describe) -> None:  # type: ignore[no-unt
         time.sleep(0.5)
 
 
-def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[Path], tmp_path: Path,
-         pool: str) -> None:
+def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[Path], tmp_path: Path) -> None:
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
@@ -117,7 +117,7 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
 
     client = redis.Redis.from_url(redis_url)
     producer = make_celery(settings, redis_url)
-    log_path = tmp_path / f"worker-{pool}.log"
+    log_path = tmp_path / "worker.log"
 
     def statuses() -> dict[int, str]:
         with session_scope(factory) as session:
@@ -130,15 +130,16 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
         return f"{statuses()}; worker log tail:\n{log_path.read_text(errors='replace')[-3000:]}"
 
     try:
-        with worker(_env(settings, redis_url, service_bundle), log_path, pool) as proc:
+        with worker(_env(settings, redis_url, service_bundle), log_path) as proc:
             for study_id in sent_ids:
                 enqueue_diagnosis(producer, study_id)
             enqueue_diagnosis(producer, sent_ids[0])  # a duplicate delivery changes nothing
             _wait(finished, FINISH_TIMEOUT_S, describe)
             beats = [json.loads(client.get(k)) for k in client.scan_iter(match=heartbeat_pattern(settings))]
             assert len(beats) == 1, beats
-            assert beats[0]["model_trained"] is False and beats[0]["runtime"] == "tensorflow"
-            assert beats[0]["pid"] != proc.pid or pool == "solo"
+            runtime = "-".join(resolve_auto("auto", "auto"))
+            assert beats[0]["model_trained"] is False and beats[0]["runtime"] == runtime
+            assert beats[0]["pid"] != proc.pid
             os.killpg(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, describe()
         # A clean stop removes the heartbeat.
@@ -158,6 +159,7 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
             assert row.attempts == 1, "the duplicate message must not run the study again"
             assert per_study[study_id] == 14
             assert row.urgency is not None and row.due_at is not None
+            assert row.model_runtime == runtime
             sheet = storage.read(Storage.cam_sheet_relpath(study_id))
             assert cam_from_png(sheet, "Pneumothorax").ndim == 2
     finally:
@@ -168,14 +170,14 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
 
 def test_celery_worker_sqlite_prefork(settings: Settings, redis_url: str, service_bundle: Path,
                                       nih_full_images: list[Path], tmp_path: Path) -> None:
-    _run(settings, redis_url, service_bundle, nih_full_images[:3], tmp_path, pool="prefork")
+    _run(settings, redis_url, service_bundle, nih_full_images[:3], tmp_path)
 
 
 @pytest.mark.postgres
-def test_celery_worker_postgres_solo(settings: Settings, redis_url: str, postgres_url: str, service_bundle: Path,
+def test_celery_worker_postgres(settings: Settings, redis_url: str, postgres_url: str, service_bundle: Path,
                                      nih_full_images: list[Path], tmp_path: Path) -> None:
     settings = settings.with_overrides(database_url=postgres_url)
-    _run(settings, redis_url, service_bundle, nih_full_images[3:6], tmp_path, pool="solo")
+    _run(settings, redis_url, service_bundle, nih_full_images[3:6], tmp_path)
 
 
 def test_worker_refuses_to_start_without_redis_or_schema(settings: Settings, service_bundle: Path,

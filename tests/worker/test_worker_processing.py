@@ -6,7 +6,7 @@ Also shared/triage.py (the worklist order) and worker/reconcile.py (which studie
 from __future__ import annotations
 
 import hashlib
-import time
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from shared.findings import FINDINGS, URGENCY
 from shared.gradcam import cam_from_png
 from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
-from shared.storage import FULL_MESSAGE, PendingWrite, Storage, StorageError
+from shared.storage import FULL_MESSAGE, Storage, StorageError
 from shared.triage import due_at, triage, urgency
 from worker.processing import RetryLater, process_study, retry_delay_s
 from worker.reconcile import claim_stale_studies
@@ -51,12 +51,13 @@ def storage(settings: Settings) -> Storage:
     return Storage(settings.storage_dir)
 
 
-def add_study(factory, storage: Storage, data: bytes, name: str = "x.png", **fields) -> int:  # type: ignore[no-untyped-def]
-    rel = storage.put_original(data, "png")
+def add_study(factory, storage: Storage, data: bytes, name: str = "x.png", fmt: str = "png",  # type: ignore[no-untyped-def]
+              **fields) -> int:
+    rel = storage.put_original(data, "dcm" if fmt == "dicom" else fmt)
     with session_scope(factory) as session:
         batch = Batch(label="test")
         study = Study(batch=batch, original_filename=name, sha256=hashlib.sha256(data).hexdigest(),
-                      stored_path=rel, format="png", size_bytes=len(data), **fields)
+                      stored_path=rel, format=fmt, size_bytes=len(data), **fields)
         session.add(study)
         session.flush()
         return study.id
@@ -87,7 +88,7 @@ def test_real_images_done_with_14_findings_and_heatmaps(db, storage, diagnoser, 
         assert row["status"] == "done" and row["error"] is None
         assert row["attempts"] == 1
         assert row["model_trained"] is False and len(row["model_version"]) == 16
-        assert {"decode", "preprocess", "forward", "cam", "heatmap", "write"} <= set(row["timings"])
+        assert {"read", "decode", "preprocess", "forward", "cam", "write"} <= set(row["timings"])
         assert 0.0 <= row["urgency"] <= 1.0
         assert row["finished_at"] is not None and row["started_at"] is not None
         with Image.open(path) as original:
@@ -158,56 +159,53 @@ def test_database_error_retries_then_succeeds(db, storage, diagnoser, settings: 
     assert row["attempts"] == 2 and row["error"] is None and len(findings) == 14
 
 
-class SlowSheetStorage(Storage):
-    """Storage whose sheet writes end 0.3 s late, noting what the database showed meanwhile."""
+def test_dicom_study_gets_a_display_picture_png_does_not(db, storage, diagnoser, settings: Settings,
+                                                          nih_full_images: list[Path]) -> None:
+    from tests.web.test_web_media import dicom_from_png
+
+    png = nih_full_images[0].read_bytes()
+    dicom = add_study(db, storage, dicom_from_png(png), name="x.dcm", fmt="dicom")
+    plain = add_study(db, storage, png)
+    for study_id in (dicom, plain):
+        assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
+    row, _ = snapshot(db, dicom, with_findings=False)
+    shown = Image.open(io.BytesIO(storage.read(row["display_path"])))
+    assert shown.mode == "L" and shown.size == Image.open(io.BytesIO(png)).size
+    assert row["model_runtime"] == "tensorflow-f32"
+    assert snapshot(db, plain, with_findings=False)[0]["display_path"] is None
+
+
+class WatchedStorage(Storage):
+    """Storage that notes what the database showed when the study's sheet was written."""
 
     def __init__(self, root: Path, factory) -> None:  # type: ignore[no-untyped-def]
         super().__init__(root)
         self.factory = factory
         self.seen_while_writing: list[str] = []
-        self.written_at: list[float] = []
 
-    def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
-        pending = super().begin_cam_sheet(study_id, data)
-        storage = self
-
-        class Slow(PendingWrite):
-            def wait(self) -> float:
-                if self._ms is None:  # a real write ends once; later waits give the same answer
-                    time.sleep(0.3)  # the worker has found the boxes and prepared the record
-                    with session_scope(storage.factory) as session:
-                        storage.seen_while_writing.append(
-                            session.scalar(select(Study.status).where(Study.id == study_id)))
-                    self._ms = pending.wait() + 300.0
-                    storage.written_at.append(time.monotonic())
-                return self._ms
-
-        return Slow(pending.relpath)
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        with session_scope(self.factory) as session:
+            self.seen_while_writing.append(session.scalar(select(Study.status).where(Study.id == study_id)))
+        return super().put_cam_sheet(study_id, data)
 
 
-def test_study_is_done_only_once_its_sheet_is_durable(db, settings: Settings, diagnoser,
-                                                      nih_full_images: list[Path]) -> None:
-    """The sheet is written in the background while the boxes are found; the record waits for it."""
-    storage = SlowSheetStorage(settings.storage_dir, db)
+def test_study_is_done_only_once_its_sheet_is_stored(db, settings: Settings, diagnoser,
+                                                     nih_full_images: list[Path]) -> None:
+    storage = WatchedStorage(settings.storage_dir, db)
     study_id = add_study(db, storage, nih_full_images[2].read_bytes())
     assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
-    # While the write was still going (0.3 s), the study was not recorded yet: recorded after it.
-    assert storage.seen_while_writing == ["processing"] and len(storage.written_at) == 1
+    assert storage.seen_while_writing == ["processing"]
     row, findings = snapshot(db, study_id)
     assert row["status"] == "done" and len(findings) == 14
-    assert row["timings"]["write"] >= 300.0  # the sheet's own write time, recorded after it ended
+    assert row["timings"]["write"] > 0.0
     assert cam_from_png(storage.read(findings[0][3]), findings[0][1]).shape == (2, 2)
 
 
 class FullSheetStorage(Storage):
-    """A disk that fills up while the sheet is being written."""
+    """A disk that is full when the sheet is written."""
 
-    def begin_cam_sheet(self, study_id: int, data: bytes) -> PendingWrite:
-        class Full(PendingWrite):
-            def wait(self) -> float:
-                raise StorageError(FULL_MESSAGE)
-
-        return Full(self.cam_sheet_relpath(study_id))
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        raise StorageError(FULL_MESSAGE)
 
 
 def test_failed_sheet_write_records_nothing_and_retries(db, settings: Settings, diagnoser,
@@ -257,7 +255,7 @@ def test_database_down_before_claim_is_retried(storage, diagnoser, settings: Set
 
 
 def test_retry_backoff_is_exponential_and_bounded() -> None:
-    assert [retry_delay_s(n) for n in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+    assert [retry_delay_s(n) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
 
 
 def test_reconciler_claims_each_stale_study_once(db, storage, settings: Settings,
@@ -274,7 +272,7 @@ def test_reconciler_claims_each_stale_study_once(db, storage, settings: Settings
         for study_id, age in ((lost, 120), (running, 300), (killed, 700), (done, 10_000)):
             session.execute(update(Study).where(Study.id == study_id)
                             .values(updated_at=now - timedelta(seconds=age)))
-    assert claim_stale_studies(db, settings, now, include_queued=False) == [killed]
+    assert claim_stale_studies(db, settings, now, waiting={lost}) == [killed]
     assert claim_stale_studies(db, settings, now) == [lost]
     assert claim_stale_studies(db, settings, now) == []  # claimed: not sent twice
     # A minute later the fresh study is stale too, and the lost one is due for another try.
