@@ -122,7 +122,7 @@ class Reconciler:
         session_factory = make_session_factory(engine)
         client = redis.Redis.from_url(self._settings.redis_url or self._app.conf.broker_url, socket_timeout=10)
         try:
-            while not self._stop.wait(self._interval_s):
+            while True:
                 try:
                     waiting = waiting_study_ids(client, self._settings.queue_name)
                     for study_id in claim_stale_studies(session_factory, self._settings, datetime.now(UTC), waiting):
@@ -130,6 +130,8 @@ class Reconciler:
                 except Exception as exc:  # noqa: BLE001 - the database or Redis may be briefly away
                     log.warning("reconciler: could not reconcile now (%s); trying again in %.0f s",
                                 type(exc).__name__, self._interval_s)
+                if self._stop.wait(self._interval_s):
+                    break
         finally:
             client.close()
             engine.dispose()
