@@ -19,10 +19,9 @@ COPY migrations ./migrations
 COPY cli ./cli
 COPY bench ./bench
 COPY setup.py ./
-# gcc only for the build of the optional C extensions (setup.py): shared._png_unfilter and
-# shared._resample (without them 1024 px PNGs decode about 3x slower), shared._durable (CAM sheets
-# synced on a native thread while the worker goes on) and shared._regions (boxes in 0.08 instead of
-# 0.7 ms). Without a compiler the install still works.
+# gcc only for the build of the two optional C kernels (setup.py): shared._png_unfilter and
+# shared._resample (without them 1024 px PNGs decode about 3x slower). Without a compiler the
+# install still works.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install '.[ml]' \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
