@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = measure(args, trees, bundle, Path(name))
     report(args, trees, samples)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(samples, indent=2) + "\n")
     return 0
 

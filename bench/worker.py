@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     report(args, samples)
     print(f"\nload average after: {os.getloadavg()}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(samples, indent=2) + "\n")
     return 0
 
