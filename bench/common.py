@@ -1,10 +1,12 @@
-"""What the benchmarks share: the real images, the bundle, medians, the machine's load, process RSS,
-and real web/worker processes on a real Redis (own queue name, only its own keys deleted)."""
+"""What the benchmarks share: the real images, the bundle, medians, the machine, tables, and the
+service's own command line (`python -m cli.main ...`), run from a given source tree, for what a
+benchmark needs from the service: a migrated database, an API token, web and worker processes."""
 
 from __future__ import annotations
 
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -15,24 +17,22 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import PROJECT_ROOT, Settings, load_settings
-from tests.service_harness import delete_queue_keys, service_env, stop_process_group  # noqa: F401 (bench API)
-
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("XRAY_TEST_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 BENCH_REDIS_URL = os.environ.get("XRAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 DEMO_BUNDLE = PROJECT_ROOT / "models" / "demo"
 
 
-def nih_full_images(data_dir: Path = DATA_DIR) -> list[Path]:
-    paths = sorted((data_dir / "nih-full" / "images").glob("*.png"))
+def nih_full_images() -> list[Path]:
+    paths = sorted((DATA_DIR / "nih-full" / "images").glob("*.png"))
     if not paths:
-        raise SystemExit(f"no nih-full images under {data_dir} (set XRAY_TEST_DATA to the shared data folder)")
+        raise SystemExit(f"no nih-full images under {DATA_DIR} (set XRAY_TEST_DATA to the shared data folder)")
     return paths
 
 
-def kermany_images(count: int, data_dir: Path = DATA_DIR) -> list[Path]:
+def kermany_images(count: int) -> list[Path]:
     """`count` distinct kermany-224 JPEGs, in a fixed order (test split first, then train)."""
-    root = data_dir / "kermany-224"
+    root = DATA_DIR / "kermany-224"
     paths = sorted(root.glob("test/*/*.jpeg")) + sorted(root.glob("train/*/*.jpeg"))
     if len(paths) < count:
         raise SystemExit(f"need {count} kermany-224 images under {root}, found {len(paths)}")
@@ -42,23 +42,20 @@ def kermany_images(count: int, data_dir: Path = DATA_DIR) -> list[Path]:
 def mixed_images(count: int) -> list[Path]:
     """Half nih-full (1024 px PNG), half kermany-224 (224 px JPEG), interleaved."""
     nih = nih_full_images()
-    kermany = kermany_images(count)
-    mixed = [p for pair in zip(nih * (count // len(nih) + 1), kermany, strict=False) for p in pair]
-    return mixed[:count]
+    pairs = zip(nih * (count // len(nih) + 1), kermany_images(count), strict=False)
+    return [p for pair in pairs for p in pair][:count]
 
 
-def ensure_bundle(bundle: Path | None, scratch: Path, input_size: int = 224) -> Path:
-    """The served bundle (models/demo) when present, else an untrained one at the served size (the
-    speed of a ResNet50 does not depend on its weights)."""
+def ensure_bundle(bundle: Path | None, scratch: Path) -> Path:
+    """The given bundle, else models/demo, else an untrained one at 224 px (a ResNet50's speed does
+    not depend on its weights), made with the service's own command."""
     if bundle is not None:
-        return bundle
+        return bundle.resolve()
     if (DEMO_BUNDLE / "card.json").is_file():
         return DEMO_BUNDLE
-    from shared.classifier import init_bundle
-
-    directory = scratch / f"untrained-{input_size}"
+    directory = scratch / "untrained-224"
     if not (directory / "card.json").is_file():
-        init_bundle(directory, input_size=input_size, seed=0)
+        xray(PROJECT_ROOT, tree_env(PROJECT_ROOT), "model", "init", str(directory))
     return directory
 
 
@@ -66,76 +63,28 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def load_average() -> tuple[float, float, float]:
-    return os.getloadavg()
-
-
 def machine_description() -> str:
-    model = "unknown CPU"
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    flags = ""
+    text = ""
     with suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
-        wanted = ("avx512f", "avx512_bf16", "amx_bf16", "avx2")
-        flags = ",".join(f for f in wanted if f" {f}" in text)
-    cpus = len(os.sched_getaffinity(0))
-    return f"{model}, {cpus} CPUs ({flags}), Python {platform.python_version()}"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
+    return (f"{model}, {len(os.sched_getaffinity(0))} CPUs ({flags}), Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.2f}")
 
 
-def rss_mb(pid: int) -> float:
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss / 1e6
-
-
-def tree_rss_mb(pid: int) -> dict[int, float]:
-    """RSS of a process and each of its descendants (a Celery main process and its pool children)."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    result = {}
-    for proc in [parent, *parent.children(recursive=True)]:
-        with suppress(psutil.Error):
-            result[proc.pid] = proc.memory_info().rss / 1e6
-    return result
+def print_table(title: str, rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    print(f"\n## {title}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(_cell(c) for c in row) + " |")
+    sys.stdout.flush()
 
 
-def bench_settings(scratch: Path) -> Settings:
-    """Settings on a scratch folder: SQLite database and storage there, a unique queue name."""
-    return load_settings({
-        "XRAY_VAR_DIR": str(scratch / "var"),
-        "XRAY_QUEUE": f"xray.bench.{uuid.uuid4().hex[:8]}",
-    })
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real subprocess in its own process group, always stopped afterwards (its group only)."""
-    log = log_path.open("wb")
-    proc = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        yield proc
-    finally:
-        stop_process_group(proc)
-        log.close()
-
-
-
-
-def worker_argv(concurrency: int, pool: str = "prefork") -> list[str]:
-    return [sys.executable, "-m", "cli.main", "worker", "--pool", pool, "--concurrency", str(concurrency),
-            "--loglevel", "WARNING"]
-
-
-def web_argv(port: int) -> list[str]:
-    """The production web server (gunicorn, 1 process x 4 threads: a 2-core machine's share)."""
-    return [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{port}",
-            "--log-level", "warning", "web.wsgi:app"]
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
 
 
 def free_port() -> int:
@@ -154,49 +103,78 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
         time.sleep(interval_s)
 
 
-def bench_token(database_url: str) -> str:
-    """An API token of a new token-only admin on this (migrated) database: every route but /healthz
-    needs one (docs/SECURITY.md)."""
-    from shared.accounts import create_user, issue_token
-    from shared.db import make_engine, make_session_factory
+# ----------------------------------------------------------------------------- the service, from a source tree
 
-    engine = make_engine(database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            user = create_user(session, f"bench-{uuid.uuid4().hex[:8]}", "admin", None)
-            token = issue_token(session, user, "benchmark")
-            session.commit()
-    finally:
-        engine.dispose()
-    return token
+
+def tree_env(tree: Path, **extra: str) -> dict[str, str]:
+    """The environment for the service's processes from source tree `tree` (its own C extensions,
+    built in place there)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "STORAGE_DIR")}
+    env.update({"PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **extra})
+    return env
+
+
+def xray(tree: Path, env: dict[str, str], *args: str) -> str:
+    """`xray ARGS...` from `tree`; its standard output. Fails with the command's own message."""
+    done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=tree, env=env, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise SystemExit(f"`xray {' '.join(args)}` in {tree} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def api_token(tree: Path, env: dict[str, str]) -> str:
+    """A new API token of a new token-only admin on the database `env` names (migrated first)."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    xray(tree, env, "user", "add", name, "--role", "admin", "--no-password")
+    return xray(tree, env, "user", "token", name, "--label", "benchmark").split()[0]
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT,
+            stop: signal.Signals = signal.SIGTERM) -> Iterator[subprocess.Popen[bytes]]:
+    """A real subprocess in its own process group; afterwards its group gets `stop`, then SIGKILL."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            yield proc
+        finally:
+            for sig, grace_s in ((stop, 60.0), (signal.SIGKILL, 10.0)):
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=grace_s)
+                    break
 
 
 @dataclass
 class WebClient:
-    """The web API over HTTP (what a browser or the CLI uses), with an API token."""
+    """The web API over HTTP (what a browser or `xray submit` uses), with an API token."""
 
     base_url: str
-    token: str | None = None
+    token: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return {"Authorization": f"Bearer {self.token}"}
 
     def up(self) -> bool:
         import requests
 
         try:
-            return requests.get(f"{self.base_url}/healthz", timeout=2).status_code < 500
+            return requests.get(f"{self.base_url}/healthz", timeout=2).status_code < 600
         except requests.RequestException:
             return False
 
-    def upload(self, paths: Sequence[Path], rerun: bool = True) -> dict:
+    def upload(self, paths: Sequence[Path], batch_id: int | None = None) -> dict:
+        """One request: a new batch, or files added to `batch_id`; always new studies (rerun=1)."""
         import requests
 
         files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
-        response = requests.post(f"{self.base_url}/api/v1/batches", files=files, headers=self.headers,
-                                 data={"rerun": "1"} if rerun else {}, timeout=600)
-        if response.status_code != 201:
+        url = f"{self.base_url}/api/v1/batches" + (f"/{batch_id}/files" if batch_id else "")
+        response = requests.post(url, files=files, headers=self.headers, data={"rerun": "1"}, timeout=600)
+        if response.status_code != 201 or response.json()["rejected"]:
             raise RuntimeError(f"upload refused ({response.status_code}): {response.text[:500]}")
         return response.json()
 
@@ -205,18 +183,3 @@ class WebClient:
 
         return requests.get(f"{self.base_url}/api/v1/batches/{batch_id}", headers=self.headers,
                             timeout=30).json()["counts"]
-
-
-def print_table(title: str, rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
-    print(f"\n## {title}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(_cell(c) for c in row) + " |")
-    sys.stdout.flush()
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)

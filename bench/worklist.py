@@ -2,7 +2,7 @@
 head, so the indexes are the ones production has) and time the first, middle and last page and
 filtered queries through the real API (Flask test client: query, count and JSON included).
 
-    .venv/bin/python -m bench.worklist [--studies 100000] [--postgres URL] [--repeat 5]
+    python -m bench.worklist [--studies 100000] [--postgres URL] [--repeat 5]
 
 The PostgreSQL database is created and dropped by the script (an admin URL, default the test server's).
 """
@@ -21,10 +21,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert, text
 
-from bench.common import bench_token
+from bench import common
 from shared.config import load_settings
 from shared.findings import FINDINGS
-from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.triage import triage
 
@@ -86,6 +85,10 @@ def fill(url: str, n: int, seed: int = 0) -> None:
     engine.dispose()
 
 
+def database_env(url: str) -> dict[str, str]:
+    return common.tree_env(common.PROJECT_ROOT, DATABASE_URL=url)
+
+
 def _time(client: Any, url: str, repeat: int) -> tuple[float, dict[str, Any]]:
     body: dict[str, Any] = {}
     samples = []
@@ -106,7 +109,8 @@ def measure(url: str, settings_dir: Path, repeat: int) -> list[tuple[str, float,
     settings = load_settings({"XRAY_VAR_DIR": str(settings_dir), "DATABASE_URL": url})
     app = create_app(settings, celery=object())  # type: ignore[arg-type]  # reads only: nothing is enqueued
     client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bench_token(url)}"
+    token = common.api_token(common.PROJECT_ROOT, database_env(url))
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     rows: list[tuple[str, float, int]] = []
     ms, first = _time(client, "/api/v1/worklist?limit=50", repeat)
     rows.append(("first page (open worklist)", ms, first["total"]))
@@ -156,7 +160,7 @@ def main() -> None:
             targets.append(("PostgreSQL", args.postgres.rsplit("/", 1)[0] + f"/{pg_name}"))
         try:
             for name, url in targets:
-                upgrade(url)
+                common.xray(common.PROJECT_ROOT, database_env(url), "db", "upgrade")
                 t0 = time.perf_counter()
                 fill(url, args.studies)
                 print(f"\n{name}: {args.studies} studies filled in {time.perf_counter() - t0:.0f} s; "
