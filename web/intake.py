@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import ImageLimits
-from shared.db import session_scope
+from shared.db import describe_db_error, session_scope
 from shared.deid import deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.models import Batch, Study, StudyStatus
@@ -179,7 +179,7 @@ def ingest(
             if slot is not None:
                 slots.append(slot)
     except SQLAlchemyError as exc:
-        log.exception("looking up earlier studies failed")
+        log.error("looking up earlier studies failed: %s", describe_db_error(exc))
         raise IntakeError(500, "The server could not read its database; nothing was queued. Please retry.") from exc
     finally:
         lookup.close()
@@ -270,7 +270,8 @@ def _commit(pending: list[Study], result: IntakeResult, session_factory: session
             session.flush()
             result.batch_id = batch.id
     except SQLAlchemyError as exc:
-        log.exception("committing %d studies failed", len(pending))
+        # Not log.exception: the driver's message and traceback may quote a value of the row.
+        log.error("committing %d studies failed: %s", len(pending), describe_db_error(exc))
         raise IntakeError(500, "The server could not save the studies; nothing was queued. Please retry.") from exc
 
 
