@@ -187,7 +187,7 @@ def review_study(study_id: int) -> tuple[Response, int]:
 def _csv_response(f: WorklistFilter, filename: str) -> Response:
     session = db_session()
     # Each exported study is recorded in the audit log before its row is sent (web/audit_hooks.py).
-    rows = audited_export(iter_studies(session, f), {"format": "csv", "file": filename, "filters": f.as_query()})
+    rows = audited_export(iter_studies(session, f), {"format": "csv", "file": filename, "filters": f.for_audit()})
     lines = csv_lines(rows)
     return Response(stream_with_context(lines), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -63,6 +63,13 @@ class WorklistFilter:
             out["q"] = self.q
         return out
 
+    def for_audit(self) -> dict[str, str | bool]:
+        """The filter for an audit row: that a search was made, never its terms (a patient's name or ID)."""
+        out: dict[str, str | bool] = {k: v for k, v in self.as_query().items() if k != "q"}
+        if self.q:
+            out["search"] = True
+        return out
+
 
 @dataclass(frozen=True)
 class Cursor:
