@@ -1,5 +1,6 @@
 """Accounts: roles and what each may do, password hashing (scrypt), API tokens stored as sha256,
-and the login rate limiter (failures counted in the database, so every web process sees them).
+page sessions held on the server (so they can be ended for good), and the login rate limiter
+(failures counted in the database, so every web process sees them).
 
 No Flask here: the web (web/auth.py) and the CLI (cli/user.py) both use these functions.
 """
@@ -17,13 +18,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from shared.models_accounts import ApiToken, BatchUploader, LoginFailure, Role, User
+from shared.models_accounts import ApiToken, BatchUploader, LoginFailure, Role, User, WebSession
 
 PASSWORD_METHOD = "scrypt"  # werkzeug's scrypt: n=2**15, r=8, p=1, 16-byte salt
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 TOKEN_PREFIX = "xray_"
+SESSION_LIFETIME = timedelta(hours=12)  # a page session ends this long after its login, whatever happens
 
 # What each role may do. The web maps every endpoint to one of these permissions (web/auth.py).
 UPLOAD = "upload"  # send files, follow the progress of one's own batches
@@ -106,9 +108,27 @@ def create_user(session: Session, username: str, role: Role | str, password: str
     return user
 
 
-def set_password(user: User, password: str) -> None:
+def set_password(session: Session, user: User, password: str) -> None:
+    """A new password; every page session of the user ends (their API tokens stay)."""
     check_password_strength(password, user.username)
     user.password_hash = hash_password(password)
+    end_sessions(session, user)
+
+
+def disable_user(session: Session, user: User) -> None:
+    """No more logins; every page session ends and every API token is revoked, for good: enabling the
+    user again brings none of them back."""
+    user.active = False
+    revoke_access(session, user)
+
+
+def enable_user(user: User) -> None:
+    user.active = True
+
+
+def revoke_access(session: Session, user: User) -> tuple[int, int]:
+    """Revoke every API token and end every page session of `user`: (tokens, sessions)."""
+    return revoke_tokens(session, user), end_sessions(session, user)
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
@@ -121,9 +141,41 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
-def session_epoch(user: User) -> str:
-    """Changes when the password changes: a cookie session made before that stops being valid."""
-    return hashlib.sha256((user.password_hash or "").encode()).hexdigest()[:16]
+# ---------------------------------------------------------------------------------------------
+# Page sessions
+# ---------------------------------------------------------------------------------------------
+
+
+def start_session(session: Session, user: User, now: datetime | None = None) -> str:
+    """A new page session; returns its id for the (signed) cookie. Only the id's sha256 is stored, so
+    reading the table gives nobody a usable session. Expired sessions of every user go on the way."""
+    now = now or utcnow()
+    session.execute(delete(WebSession).where(WebSession.created_at < now - SESSION_LIFETIME))
+    session_id = secrets.token_urlsafe(32)
+    session.add(WebSession(id_sha256=token_digest(session_id), user_id=user.id, created_at=now))
+    return session_id
+
+
+def session_user(session: Session, user_id: int, session_id: str, now: datetime | None = None) -> User | None:
+    """The active user of a live page session (its row exists, belongs to `user_id`, is not too old)."""
+    if len(session_id) > 200:
+        return None
+    row = session.get(WebSession, token_digest(session_id))
+    now = now or utcnow()
+    if row is None or row.user_id != user_id or _aware(row.created_at) <= now - SESSION_LIFETIME:
+        return None
+    user = session.get(User, user_id)
+    return user if user is not None and user.active else None
+
+
+def end_session(session: Session, session_id: str) -> None:
+    session.execute(delete(WebSession).where(WebSession.id_sha256 == token_digest(session_id)))
+
+
+def end_sessions(session: Session, user: User) -> int:
+    """End every page session of `user`; how many there were."""
+    result = session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
