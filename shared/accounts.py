@@ -265,17 +265,43 @@ def _recent(session: Session, column: object, value: str, since: datetime) -> tu
     return int(count or 0), oldest
 
 
-def login_blocked_for(session: Session, username: str, ip: str, limits: LoginLimits,
-                      now: datetime | None = None) -> int:
-    """0 when a login attempt may go ahead, else the seconds to wait (for Retry-After)."""
-    now = now or utcnow()
+def _wait(session: Session, username: str, ip: str, limits: LoginLimits, now: datetime, allowed_extra: int) -> int:
+    """Seconds until the failures of `username` or `ip` fall to their limit (+ `allowed_extra`); 0 when under."""
     since = now - timedelta(seconds=limits.window_s)
     wait = 0
     for column, value, limit in ((LoginFailure.username, username.lower()[:64], limits.per_username),
                                  (LoginFailure.ip, ip[:64], limits.per_ip)):
         count, oldest = _recent(session, column, value, since)
-        if count >= limit and oldest is not None:
+        if count >= limit + allowed_extra and oldest is not None:
             wait = max(wait, int((_aware(oldest) - since).total_seconds()) + 1)
+    return wait
+
+
+def login_blocked_for(session: Session, username: str, ip: str, limits: LoginLimits,
+                      now: datetime | None = None) -> int:
+    """0 when a login attempt may go ahead, else the seconds to wait (for Retry-After). Read only: the
+    web uses `reserve_login_attempt`, which holds under concurrency."""
+    return _wait(session, username, ip, limits, now or utcnow(), 0)
+
+
+def reserve_login_attempt(session: Session, username: str, ip: str, limits: LoginLimits,
+                          now: datetime | None = None) -> int:
+    """Count this attempt as a failure *before* the password is checked, then see whether it is within
+    the limits: 0 to go ahead, else the seconds to wait (the reservation is then withdrawn).
+
+    The reservation is committed before counting, so the k-th attempt to commit counts at least k
+    failures, on SQLite and PostgreSQL alike: however many arrive at once, at most the limit of them
+    see a count within it and reach the (slow) password check. A successful login clears the user's
+    failures (`clear_login_failures`), its reservation included; a wrong password leaves it as the
+    failure it is. Commits `session`."""
+    now = now or utcnow()
+    reservation = LoginFailure(username=username.lower()[:64], ip=ip[:64], at=now)
+    session.add(reservation)
+    session.commit()
+    wait = _wait(session, username, ip, limits, now, 1)
+    if wait:
+        session.delete(reservation)
+        session.commit()
     return wait
 
 
@@ -283,7 +309,12 @@ def record_login_failure(session: Session, username: str, ip: str, limits: Login
                          now: datetime | None = None) -> None:
     now = now or utcnow()
     session.add(LoginFailure(username=username.lower()[:64], ip=ip[:64], at=now))
-    # Keep the table small: failures older than the window no longer count.
+    forget_old_failures(session, limits, now)
+
+
+def forget_old_failures(session: Session, limits: LoginLimits, now: datetime | None = None) -> None:
+    """Keep the table small: failures older than the window no longer count."""
+    now = now or utcnow()
     session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(seconds=limits.window_s)))
 
 

@@ -328,7 +328,8 @@ def login() -> BaseResponse | tuple[str, int]:
     username = (request.form.get("username") or "").strip()[:64]
     password = request.form.get("password") or ""
     db = db_session()
-    wait = accounts.login_blocked_for(db, username, client_ip(), limits)
+    # Counted as a failure before the check: concurrent attempts cannot all slip under the limit.
+    wait = accounts.reserve_login_attempt(db, username or "-", client_ip(), limits)
     if wait:
         body, status = _login_page(f"Too many failed logins. Try again in {max(1, round(wait / 60))} minute(s).",
                                    429, username)
@@ -337,7 +338,7 @@ def login() -> BaseResponse | tuple[str, int]:
         return response
     user = accounts.authenticate(db, username, password) if username and password else None
     if user is None:
-        accounts.record_login_failure(db, username or "-", client_ip(), limits)
+        accounts.forget_old_failures(db, limits)  # the reservation stays: it was a failure
         db.commit()
         log.info("failed login from %s", client_ip())
         return _login_page("Wrong username or password.", 401, username)
