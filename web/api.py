@@ -44,6 +44,7 @@ from web.auth import current_user
 from web.context import db_session, services
 from web.export import csv_lines
 from web.intake import IntakeError, IntakeResult, Rejection, Upload, ingest, sanitise_filename
+from web.params import MAX_ID
 from web.queries import batch_counts, batch_studies, study_with_findings
 from web.review import ReviewError, parse_review, record_review, review_json, reviews_of
 from web.serializers import batch_detail, study_detail, worklist_item
@@ -167,7 +168,10 @@ def export_study(study_id: int) -> Response:
 @bp.post("/studies/<int:study_id>/review")
 def review_study(study_id: int) -> tuple[Response, int]:
     """Mark a done study reviewed (it leaves the open worklist); the Review row is the audit record."""
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    try:
+        body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    except RecursionError:  # the JSON parser's own limit: not a ValueError, so not caught by silent=True
+        abort(400, description="The JSON is nested too deeply: send the review as one flat JSON object.")
     if not isinstance(body, dict):
         abort(400, description="Send the review as a JSON object or a form.")
     session = db_session()
@@ -212,7 +216,7 @@ def export_worklist() -> Response:
     return _csv_response(_filter(), "worklist.csv")
 
 
-def _int_arg(name: str, default: int, minimum: int) -> int:
+def _int_arg(name: str, default: int, minimum: int, maximum: int = MAX_ID) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -222,6 +226,8 @@ def _int_arg(name: str, default: int, minimum: int) -> int:
         abort(400, description=f"Query parameter '{name}' must be a whole number, got {raw[:40]!r}.")
     if value < minimum:
         abort(400, description=f"Query parameter '{name}' must be at least {minimum}, got {value}.")
+    if value > maximum:
+        abort(400, description=f"Query parameter '{name}' must be at most {maximum}, got {raw[:40]!r}.")
     return value
 
 

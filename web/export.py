@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from shared.db import describe_db_error
 from shared.findings import FINDINGS
 from shared.models import Finding, Study
 from web.serializers import iso
+
+log = logging.getLogger(__name__)
+
+# The last line of an export that failed mid-way (the transfer is then cut, with no clean end).
+INCOMPLETE_MARKER = "EXPORT INCOMPLETE"
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 COLUMNS = (
@@ -49,7 +56,12 @@ def study_row(study: Study, findings: list[Finding]) -> list[Any]:
 
 
 def csv_lines(rows: Iterable[tuple[Study, list[Finding]]]) -> Iterator[str]:
-    """The header, then one CSV line per study (streamed: the export never holds all rows)."""
+    """The header, then one CSV line per study (streamed: the export never holds all rows).
+
+    The status (200) is sent before the rows, so a failure mid-way (the database, or the audit log that
+    each exported study must be written to first) cannot become an error status: the stream then ends
+    with a line starting with INCOMPLETE_MARKER, and the error is raised again so that the server cuts
+    the transfer (no final chunk: browsers and curl report the download as failed)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
 
@@ -61,6 +73,15 @@ def csv_lines(rows: Iterable[tuple[Study, list[Finding]]]) -> Iterator[str]:
 
     writer.writerow(COLUMNS)
     yield flush()
-    for study, findings in rows:
-        writer.writerow(study_row(study, findings))
+    sent = 0
+    try:
+        for study, findings in rows:
+            writer.writerow(study_row(study, findings))
+            yield flush()
+            sent += 1
+    except Exception as exc:
+        log.error("CSV export stopped after %d studies: %s", sent, describe_db_error(exc))
+        writer.writerow([f"{INCOMPLETE_MARKER}: the export failed after {sent} studies and this file lacks the "
+                         "rest. Export again. Tell the administrator if it fails again."])
         yield flush()
+        raise
