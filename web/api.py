@@ -43,7 +43,7 @@ from web.audit_hooks import audited_export
 from web.auth import current_user
 from web.context import db_session, services
 from web.export import csv_lines
-from web.intake import IntakeError, IntakeResult, Rejection, Upload, ingest, sanitise_filename
+from web.intake import IntakeError, IntakeResult, Rejection, Upload, clean_label, ingest
 from web.params import MAX_ID
 from web.queries import batch_counts, batch_studies, study_with_findings
 from web.review import ReviewError, parse_review, record_review, review_json, reviews_of
@@ -54,7 +54,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 WORKLIST_DEFAULT_LIMIT = 50
 WORKLIST_MAX_LIMIT = 200
-LABEL_MAX_LENGTH = 200
 
 
 def _intake_json(result: IntakeResult) -> dict[str, Any]:
@@ -94,8 +93,7 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
     files = request.files.getlist("files")
     if not files:
         abort(400, description="No files: send one or more files in the multipart field 'files'.")
-    label = request.form.get("label")
-    label = sanitise_filename(label)[:LABEL_MAX_LENGTH] if label else None
+    label = clean_label(request.form.get("label"))
     svc = services()
     try:
         result = ingest(

@@ -28,6 +28,9 @@ from shared.storage import Storage, StorageError
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 255
+MAX_LABEL_LENGTH = 200
+# Control, format (bidi overrides, zero-width), surrogate and line/paragraph separator characters.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
 # Column widths in shared.models: metadata is cut to fit (PostgreSQL enforces VARCHAR lengths).
 METADATA_COLUMNS = {
@@ -91,11 +94,21 @@ def sanitise_filename(raw: str | None) -> str:
     """A client's file name made safe to display: the last path component, without NUL, control or
     format characters (e.g. bidi overrides), trimmed, at most 255 characters. Never used for storage."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Zl", "Zp"})
-    name = name.strip()
+    name = _printable(name).strip()
     if name in {"", ".", ".."}:
         return "unnamed"
     return name[:MAX_NAME_LENGTH]
+
+
+def clean_label(raw: str | None) -> str | None:
+    """A batch label as the person typed it ("Ward 4/5 morning": slashes are text here, not a path),
+    without unsafe characters, whitespace runs made one space, at most 200 characters; None if empty."""
+    label = " ".join(_printable((raw or "").replace("\t", " ").replace("\n", " ").replace("\r", " ")).split())
+    return label[:MAX_LABEL_LENGTH] or None
+
+
+def _printable(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _UNSAFE_CATEGORIES)
 
 
 def _read_capped(stream: BinaryIO, max_bytes: int) -> bytes | None:
