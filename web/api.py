@@ -8,7 +8,9 @@ Upload status codes (POST /api/v1/batches and POST /api/v1/batches/<id>/files):
 - 400 no `files` field; 404 unknown batch; 403 cross-site browser request; 413 body over
   `max_upload_bytes`; 507 storage full / 500 storage or database failure: no study committed.
 - 200: nothing new, but every accepted file was a duplicate (its bytes' sha256 matches an earlier
-  study): each is listed under `accepted` with that study's id and `"duplicate": true`. Send the form
+  study the sender may see: an uploader's own uploads, anyone's for a radiologist or admin; bytes
+  another uploader sent make a new study instead): each is listed under `accepted` with that study's
+  id and `"duplicate": true`. Send the form
   field `rerun=1` to diagnose such files again as new studies. A zip file in `files` is unpacked and
   each entry validated on its own (web/archive.py); refused entries appear under `rejected`.
 
@@ -36,6 +38,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
 from werkzeug.datastructures import FileStorage
 
+from shared import accounts
+from shared.accounts import READ_STUDIES
 from shared.models import Batch
 from shared.queue import enqueue_diagnosis
 from web.archive import expand_zip, is_zip
@@ -89,6 +93,15 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _duplicate_scope() -> int | None:
+    """Whose earlier uploads count as duplicates: everybody's for a user who may read every study,
+    else only the user's own (an uploader must not learn another's study id, batch or status)."""
+    user = current_user()
+    if user is None or accounts.can(user.role, READ_STUDIES):
+        return None
+    return user.id
+
+
 def _receive(batch_id: int | None) -> tuple[Response, int]:
     files = request.files.getlist("files")
     if not files:
@@ -106,6 +119,7 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
             label=label,
             rerun=_truthy(request.form.get("rerun")),
             deidentify_key=svc.settings.secret_key if svc.settings.deidentify else None,
+            duplicates_of=_duplicate_scope(),
         )
     except IntakeError as exc:
         return jsonify(error=exc.message), exc.status_code
