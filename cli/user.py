@@ -5,7 +5,7 @@
   xray user list
   xray user passwd NAME [--password-stdin]
   xray user disable NAME | enable NAME
-  xray user revoke NAME                revokes every API token of NAME
+  xray user revoke NAME                revokes every API token and page session of NAME
 
 The database schema is brought up to date first (as `xray db upgrade` would), so the first admin can
 be created before the service has ever started.
@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     passwd.set_defaults(func=_passwd)
-    for action, help_text in (("disable", "stop a user from logging in or using tokens"),
+    for action, help_text in (("disable", "stop a user: ends their sessions and revokes their tokens for good"),
                               ("enable", "let a disabled user in again"),
-                              ("revoke", "revoke every API token of a user")):
+                              ("revoke", "revoke every API token and end every page session of a user")):
         sub = commands.add_parser(action, help=help_text)
         sub.add_argument("name")
         sub.set_defaults(func=_simple(action))
@@ -133,7 +133,7 @@ def _passwd(args: argparse.Namespace) -> int:
         if user is None:
             return _fail(f"no user named {args.name!r}")
         try:
-            set_password(user, _read_password(args.password_stdin))
+            set_password(session, user, _read_password(args.password_stdin))
         except AccountError as exc:
             return _fail(str(exc))
         session.commit()
@@ -143,18 +143,22 @@ def _passwd(args: argparse.Namespace) -> int:
 
 def _simple(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from shared.accounts import find_user, revoke_tokens
+        from shared.accounts import disable_user, enable_user, find_user, revoke_access
 
         with _session() as session:
             user = find_user(session, args.name)
             if user is None:
                 return _fail(f"no user named {args.name!r}")
             if action == "revoke":
-                count = revoke_tokens(session, user)
-                message = f"{count} token(s) of {args.name!r} revoked"
+                tokens, sessions = revoke_access(session, user)
+                message = f"{tokens} token(s) of {args.name!r} revoked, {sessions} page session(s) ended"
+            elif action == "disable":
+                disable_user(session, user)
+                message = (f"user {args.name!r} disabled: every page session ended and every API token revoked "
+                           "(enabling the user later brings none of them back)")
             else:
-                user.active = action == "enable"
-                message = f"user {args.name!r} {action}d"
+                enable_user(user)
+                message = f"user {args.name!r} enabled: they can log in again; make new API tokens if needed"
             session.commit()
         print(message)
         return 0

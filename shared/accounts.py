@@ -1,5 +1,6 @@
 """Accounts: roles and what each may do, password hashing (scrypt), API tokens stored as sha256,
-and the login rate limiter (failures counted in the database, so every web process sees them).
+page sessions held on the server (so they can be ended for good), and the login rate limiter
+(failures counted in the database, so every web process sees them).
 
 No Flask here: the web (web/auth.py) and the CLI (cli/user.py) both use these functions.
 """
@@ -17,13 +18,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from shared.models_accounts import ApiToken, BatchUploader, LoginFailure, Role, User
+from shared.models_accounts import ApiToken, BatchUploader, LoginFailure, Role, User, WebSession
 
 PASSWORD_METHOD = "scrypt"  # werkzeug's scrypt: n=2**15, r=8, p=1, 16-byte salt
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 TOKEN_PREFIX = "xray_"
+SESSION_LIFETIME = timedelta(hours=12)  # a page session ends this long after its login, whatever happens
 
 # What each role may do. The web maps every endpoint to one of these permissions (web/auth.py).
 UPLOAD = "upload"  # send files, follow the progress of one's own batches
@@ -106,9 +108,27 @@ def create_user(session: Session, username: str, role: Role | str, password: str
     return user
 
 
-def set_password(user: User, password: str) -> None:
+def set_password(session: Session, user: User, password: str) -> None:
+    """A new password; every page session of the user ends (their API tokens stay)."""
     check_password_strength(password, user.username)
     user.password_hash = hash_password(password)
+    end_sessions(session, user)
+
+
+def disable_user(session: Session, user: User) -> None:
+    """No more logins; every page session ends and every API token is revoked, for good: enabling the
+    user again brings none of them back."""
+    user.active = False
+    revoke_access(session, user)
+
+
+def enable_user(user: User) -> None:
+    user.active = True
+
+
+def revoke_access(session: Session, user: User) -> tuple[int, int]:
+    """Revoke every API token and end every page session of `user`: (tokens, sessions)."""
+    return revoke_tokens(session, user), end_sessions(session, user)
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
@@ -121,9 +141,41 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
-def session_epoch(user: User) -> str:
-    """Changes when the password changes: a cookie session made before that stops being valid."""
-    return hashlib.sha256((user.password_hash or "").encode()).hexdigest()[:16]
+# ---------------------------------------------------------------------------------------------
+# Page sessions
+# ---------------------------------------------------------------------------------------------
+
+
+def start_session(session: Session, user: User, now: datetime | None = None) -> str:
+    """A new page session; returns its id for the (signed) cookie. Only the id's sha256 is stored, so
+    reading the table gives nobody a usable session. Expired sessions of every user go on the way."""
+    now = now or utcnow()
+    session.execute(delete(WebSession).where(WebSession.created_at < now - SESSION_LIFETIME))
+    session_id = secrets.token_urlsafe(32)
+    session.add(WebSession(id_sha256=token_digest(session_id), user_id=user.id, created_at=now))
+    return session_id
+
+
+def session_user(session: Session, user_id: int, session_id: str, now: datetime | None = None) -> User | None:
+    """The active user of a live page session (its row exists, belongs to `user_id`, is not too old)."""
+    if len(session_id) > 200:
+        return None
+    row = session.get(WebSession, token_digest(session_id))
+    now = now or utcnow()
+    if row is None or row.user_id != user_id or _aware(row.created_at) <= now - SESSION_LIFETIME:
+        return None
+    user = session.get(User, user_id)
+    return user if user is not None and user.active else None
+
+
+def end_session(session: Session, session_id: str) -> None:
+    session.execute(delete(WebSession).where(WebSession.id_sha256 == token_digest(session_id)))
+
+
+def end_sessions(session: Session, user: User) -> int:
+    """End every page session of `user`; how many there were."""
+    result = session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,17 +265,43 @@ def _recent(session: Session, column: object, value: str, since: datetime) -> tu
     return int(count or 0), oldest
 
 
-def login_blocked_for(session: Session, username: str, ip: str, limits: LoginLimits,
-                      now: datetime | None = None) -> int:
-    """0 when a login attempt may go ahead, else the seconds to wait (for Retry-After)."""
-    now = now or utcnow()
+def _wait(session: Session, username: str, ip: str, limits: LoginLimits, now: datetime, allowed_extra: int) -> int:
+    """Seconds until the failures of `username` or `ip` fall to their limit (+ `allowed_extra`); 0 when under."""
     since = now - timedelta(seconds=limits.window_s)
     wait = 0
     for column, value, limit in ((LoginFailure.username, username.lower()[:64], limits.per_username),
                                  (LoginFailure.ip, ip[:64], limits.per_ip)):
         count, oldest = _recent(session, column, value, since)
-        if count >= limit and oldest is not None:
+        if count >= limit + allowed_extra and oldest is not None:
             wait = max(wait, int((_aware(oldest) - since).total_seconds()) + 1)
+    return wait
+
+
+def login_blocked_for(session: Session, username: str, ip: str, limits: LoginLimits,
+                      now: datetime | None = None) -> int:
+    """0 when a login attempt may go ahead, else the seconds to wait (for Retry-After). Read only: the
+    web uses `reserve_login_attempt`, which holds under concurrency."""
+    return _wait(session, username, ip, limits, now or utcnow(), 0)
+
+
+def reserve_login_attempt(session: Session, username: str, ip: str, limits: LoginLimits,
+                          now: datetime | None = None) -> int:
+    """Count this attempt as a failure *before* the password is checked, then see whether it is within
+    the limits: 0 to go ahead, else the seconds to wait (the reservation is then withdrawn).
+
+    The reservation is committed before counting, so the k-th attempt to commit counts at least k
+    failures, on SQLite and PostgreSQL alike: however many arrive at once, at most the limit of them
+    see a count within it and reach the (slow) password check. A successful login clears the user's
+    failures (`clear_login_failures`), its reservation included; a wrong password leaves it as the
+    failure it is. Commits `session`."""
+    now = now or utcnow()
+    reservation = LoginFailure(username=username.lower()[:64], ip=ip[:64], at=now)
+    session.add(reservation)
+    session.commit()
+    wait = _wait(session, username, ip, limits, now, 1)
+    if wait:
+        session.delete(reservation)
+        session.commit()
     return wait
 
 
@@ -231,7 +309,12 @@ def record_login_failure(session: Session, username: str, ip: str, limits: Login
                          now: datetime | None = None) -> None:
     now = now or utcnow()
     session.add(LoginFailure(username=username.lower()[:64], ip=ip[:64], at=now))
-    # Keep the table small: failures older than the window no longer count.
+    forget_old_failures(session, limits, now)
+
+
+def forget_old_failures(session: Session, limits: LoginLimits, now: datetime | None = None) -> None:
+    """Keep the table small: failures older than the window no longer count."""
+    now = now or utcnow()
     session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(seconds=limits.window_s)))
 
 

@@ -1,4 +1,9 @@
-"""Engine and session factory. SQLite runs in WAL mode with a busy timeout; PostgreSQL as is."""
+"""Engine and session factory. SQLite runs in WAL mode with a busy timeout; PostgreSQL as is.
+
+Every engine hides SQL parameters (`hide_parameters=True`): a statement's values (patient names and
+IDs, file names) never reach an exception message, so never a log line. `describe_db_error` names a
+failure for a log line without the driver's message, which may quote a value (PostgreSQL's DETAIL).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ def make_engine(database_url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -39,7 +44,23 @@ def make_engine(database_url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A database failure for a log line: its classes, SQLSTATE and the statement's first words, never
+    the driver's message or the parameters (either may hold a patient identifier)."""
+    parts = [type(exc).__name__]
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        parts.append(f"{type(orig).__module__}.{type(orig).__name__}")
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate:
+            parts.append(f"SQLSTATE {sqlstate}")
+    statement = getattr(exc, "statement", None)
+    if isinstance(statement, str) and statement:
+        parts.append("in " + " ".join(statement.split()[:4]))
+    return ", ".join(parts)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -52,6 +52,19 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
+class WebSession(Base):
+    """A page session, held on the server: the cookie carries a random id, only its sha256 is stored.
+    Logging out deletes the row; a password change, disabling the user or revoking their access deletes
+    all of theirs. A cookie whose row is gone (or older than the session lifetime) is refused."""
+
+    __tablename__ = "web_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False,
+                                                 index=True)
+
+
 class LoginFailure(Base):
     """One failed login: the rate limiter counts these per username and per client address, so the
     limit holds across every web process that shares the database."""

@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
     from web.errors import register_error_handlers
+    from web.params import register_converters
+    from web.request import install as install_request_class
     from web.security import register_security
 
     settings = settings or load_settings()
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_request_class(app, settings.var_dir)  # uploads wait in a private folder; 413s say why
+    register_converters(app)  # ids beyond the database's range are 404, not an overflow
     engine = make_engine(settings.database_url)
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,

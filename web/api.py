@@ -8,7 +8,9 @@ Upload status codes (POST /api/v1/batches and POST /api/v1/batches/<id>/files):
 - 400 no `files` field; 404 unknown batch; 403 cross-site browser request; 413 body over
   `max_upload_bytes`; 507 storage full / 500 storage or database failure: no study committed.
 - 200: nothing new, but every accepted file was a duplicate (its bytes' sha256 matches an earlier
-  study): each is listed under `accepted` with that study's id and `"duplicate": true`. Send the form
+  study the sender may see: an uploader's own uploads, anyone's for a radiologist or admin; bytes
+  another uploader sent make a new study instead): each is listed under `accepted` with that study's
+  id and `"duplicate": true`. Send the form
   field `rerun=1` to diagnose such files again as new studies. A zip file in `files` is unpacked and
   each entry validated on its own (web/archive.py); refused entries appear under `rejected`.
 
@@ -36,6 +38,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
 from werkzeug.datastructures import FileStorage
 
+from shared import accounts
+from shared.accounts import READ_STUDIES
 from shared.models import Batch
 from shared.queue import enqueue_diagnosis
 from web.archive import expand_zip, is_zip
@@ -43,7 +47,8 @@ from web.audit_hooks import audited_export
 from web.auth import current_user
 from web.context import db_session, services
 from web.export import csv_lines
-from web.intake import IntakeError, IntakeResult, Rejection, Upload, ingest, sanitise_filename
+from web.intake import IntakeError, IntakeResult, Rejection, Upload, clean_label, ingest
+from web.params import MAX_ID
 from web.queries import batch_counts, batch_studies, study_with_findings
 from web.review import ReviewError, parse_review, record_review, review_json, reviews_of
 from web.serializers import batch_detail, study_detail, worklist_item
@@ -53,7 +58,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 WORKLIST_DEFAULT_LIMIT = 50
 WORKLIST_MAX_LIMIT = 200
-LABEL_MAX_LENGTH = 200
 
 
 def _intake_json(result: IntakeResult) -> dict[str, Any]:
@@ -89,12 +93,20 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _duplicate_scope() -> int | None:
+    """Whose earlier uploads count as duplicates: everybody's for a user who may read every study,
+    else only the user's own (an uploader must not learn another's study id, batch or status)."""
+    user = current_user()
+    if user is None or accounts.can(user.role, READ_STUDIES):
+        return None
+    return user.id
+
+
 def _receive(batch_id: int | None) -> tuple[Response, int]:
     files = request.files.getlist("files")
     if not files:
         abort(400, description="No files: send one or more files in the multipart field 'files'.")
-    label = request.form.get("label")
-    label = sanitise_filename(label)[:LABEL_MAX_LENGTH] if label else None
+    label = clean_label(request.form.get("label"))
     svc = services()
     try:
         result = ingest(
@@ -107,6 +119,7 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
             label=label,
             rerun=_truthy(request.form.get("rerun")),
             deidentify_key=svc.settings.secret_key if svc.settings.deidentify else None,
+            duplicates_of=_duplicate_scope(),
         )
     except IntakeError as exc:
         return jsonify(error=exc.message), exc.status_code
@@ -167,7 +180,10 @@ def export_study(study_id: int) -> Response:
 @bp.post("/studies/<int:study_id>/review")
 def review_study(study_id: int) -> tuple[Response, int]:
     """Mark a done study reviewed (it leaves the open worklist); the Review row is the audit record."""
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    try:
+        body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    except RecursionError:  # the JSON parser's own limit: not a ValueError, so not caught by silent=True
+        abort(400, description="The JSON is nested too deeply: send the review as one flat JSON object.")
     if not isinstance(body, dict):
         abort(400, description="Send the review as a JSON object or a form.")
     session = db_session()
@@ -187,7 +203,7 @@ def review_study(study_id: int) -> tuple[Response, int]:
 def _csv_response(f: WorklistFilter, filename: str) -> Response:
     session = db_session()
     # Each exported study is recorded in the audit log before its row is sent (web/audit_hooks.py).
-    rows = audited_export(iter_studies(session, f), {"format": "csv", "file": filename, "filters": f.as_query()})
+    rows = audited_export(iter_studies(session, f), {"format": "csv", "file": filename, "filters": f.for_audit()})
     lines = csv_lines(rows)
     return Response(stream_with_context(lines), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -212,7 +228,7 @@ def export_worklist() -> Response:
     return _csv_response(_filter(), "worklist.csv")
 
 
-def _int_arg(name: str, default: int, minimum: int) -> int:
+def _int_arg(name: str, default: int, minimum: int, maximum: int = MAX_ID) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -222,6 +238,8 @@ def _int_arg(name: str, default: int, minimum: int) -> int:
         abort(400, description=f"Query parameter '{name}' must be a whole number, got {raw[:40]!r}.")
     if value < minimum:
         abort(400, description=f"Query parameter '{name}' must be at least {minimum}, got {value}.")
+    if value > maximum:
+        abort(400, description=f"Query parameter '{name}' must be at most {maximum}, got {raw[:40]!r}.")
     return value
 
 

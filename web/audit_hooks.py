@@ -1,6 +1,9 @@
 """The audit trail of the web: an after_request hook that turns successful requests to the endpoints
 in `AUDITED` into AuditEvent rows (shared.audit), and records who uploaded into which batch.
 
+A view is recorded once per user, study and endpoint within VIEW_WINDOW: the study page polls its
+JSON every few seconds while a study is queued, and that is one look, not hundreds.
+
 Reads (view, export) fail closed: if the event cannot be written, the client gets a 500 instead of
 the data. Writes (upload, review) have already happened when the hook runs: a failure is logged
 loudly and the response stands (the studies and reviews are themselves on record).
@@ -10,14 +13,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import accounts, audit
 from shared.db import session_scope
 from shared.models import Study
+from shared.models_accounts import AuditEvent
 from web.auth import actor, current_user
 from web.context import db_session, services
 
@@ -40,6 +46,7 @@ FAIL_CLOSED = frozenset({audit.VIEW, audit.EXPORT})
 Recorder = Callable[[str, Response], None]
 Row = TypeVar("Row", bound=tuple[Study, Any])
 EXPORT_CHUNK = 500
+VIEW_WINDOW = timedelta(minutes=10)
 
 
 def _record_upload(action: str, response: Response) -> None:
@@ -58,10 +65,23 @@ def _record_upload(action: str, response: Response) -> None:
             audit.record(db, who, action, study_id=item["id"], batch_id=batch_id, detail=detail)
 
 
+def _seen_recently(study_id: int, endpoint: str) -> bool:
+    """Whether this user's view of this study through this endpoint is already on record in the window."""
+    who = actor()
+    if who.user_id is None:
+        return False
+    details = db_session().scalars(select(AuditEvent.detail).where(
+        AuditEvent.study_id == study_id, AuditEvent.at >= accounts.utcnow() - VIEW_WINDOW,
+        AuditEvent.action == audit.VIEW, AuditEvent.user_id == who.user_id))
+    return any(isinstance(d, dict) and d.get("endpoint") == endpoint for d in details)
+
+
 def _record_study(action: str, _response: Response) -> None:
     args = request.view_args or {}
     study_id = args.get("study_id")
     detail = {"endpoint": request.endpoint}
+    if action == audit.VIEW and isinstance(study_id, int) and _seen_recently(study_id, str(request.endpoint)):
+        return
     audit.record(db_session(), actor(), action, study_id=study_id if isinstance(study_id, int) else None,
                  batch_id=args.get("batch_id") if isinstance(args.get("batch_id"), int) else None, detail=detail)
 

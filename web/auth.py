@@ -2,6 +2,8 @@
 
 - Pages log in with a username and password (a Flask session cookie: HttpOnly, SameSite=Lax, Secure
   under https or with SESSION_COOKIE_SECURE=1); API clients send `Authorization: Bearer <token>`.
+  The cookie names a session held in the database (shared.accounts.start_session): logout, a password
+  change, disabling a user or revoking their access deletes it, and every copy of the cookie stops working.
 - `require_login(app)` installs the gate: everything except /healthz, the login page and static files
   needs a user. Unauthenticated: 401 JSON on /api/, a redirect to the login page elsewhere.
 - Roles: each endpoint names what it needs in `ACCESS`; an endpoint missing from it is admin-only
@@ -18,7 +20,6 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from flask import (
@@ -51,7 +52,6 @@ PUBLIC_ENDPOINTS = frozenset({"static", "health.healthz", "auth.login"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-SESSION_LIFETIME = timedelta(hours=12)
 LOGIN_LIMITS_KEY = "xray.login_limits"
 
 Check = Callable[[User, dict[str, Any]], bool]
@@ -143,7 +143,7 @@ def configure_sessions(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
-        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        PERMANENT_SESSION_LIFETIME=accounts.SESSION_LIFETIME,
     )
     app.session_interface = _SessionInterface()
 
@@ -176,14 +176,12 @@ def _bearer_token() -> str | None:
 
 
 def _session_user() -> User | None:
-    uid = session.get("uid")
-    if not isinstance(uid, int):
+    uid, sid = session.get("uid"), session.get("sid")
+    if not isinstance(uid, int) or not isinstance(sid, str):
         return None
-    user = db_session().get(User, uid)
-    if user is None or not user.active or not hmac.compare_digest(
-            str(session.get("epoch", "")), accounts.session_epoch(user)):
-        session.clear()  # a disabled account or a changed password ends the session
-        return None
+    user = accounts.session_user(db_session(), uid, sid)
+    if user is None:
+        session.clear()  # logged out, revoked, disabled, a new password, or too old
     return user
 
 
@@ -330,7 +328,8 @@ def login() -> BaseResponse | tuple[str, int]:
     username = (request.form.get("username") or "").strip()[:64]
     password = request.form.get("password") or ""
     db = db_session()
-    wait = accounts.login_blocked_for(db, username, client_ip(), limits)
+    # Counted as a failure before the check: concurrent attempts cannot all slip under the limit.
+    wait = accounts.reserve_login_attempt(db, username or "-", client_ip(), limits)
     if wait:
         body, status = _login_page(f"Too many failed logins. Try again in {max(1, round(wait / 60))} minute(s).",
                                    429, username)
@@ -339,7 +338,7 @@ def login() -> BaseResponse | tuple[str, int]:
         return response
     user = accounts.authenticate(db, username, password) if username and password else None
     if user is None:
-        accounts.record_login_failure(db, username or "-", client_ip(), limits)
+        accounts.forget_old_failures(db, limits)  # the reservation stays: it was a failure
         db.commit()
         log.info("failed login from %s", client_ip())
         return _login_page("Wrong username or password.", 401, username)
@@ -347,10 +346,12 @@ def login() -> BaseResponse | tuple[str, int]:
     user.last_login_at = accounts.utcnow()
     audit.record(db, audit.Actor(user.id, user.username, client_ip()), audit.LOGIN)
     db.commit()
+    session_id = accounts.start_session(db, user)
+    db.commit()
     session.clear()  # a new session (and CSRF token) at every login: no fixation
     session.permanent = True
     session["uid"] = user.id
-    session["epoch"] = accounts.session_epoch(user)
+    session["sid"] = session_id
     csrf_token()
     return redirect(_safe_next(request.form.get("next")) or home_for(user), code=303)
 
@@ -359,6 +360,9 @@ def login() -> BaseResponse | tuple[str, int]:
 def logout() -> BaseResponse:
     db = db_session()
     audit.record(db, actor(), audit.LOGOUT)
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        accounts.end_session(db, sid)  # every copy of this cookie stops working, not only this browser's
     db.commit()
     session.clear()
     return redirect(url_for("auth.login"), code=303)

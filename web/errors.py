@@ -7,6 +7,8 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
+from web.request import FormLimitExceeded
+
 log = logging.getLogger(__name__)
 
 
@@ -19,8 +21,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int] | HTTPException:
-        message = (f"The upload is larger than the {max_mib} MiB limit per request: "
-                   "send fewer files at a time.")
+        message = exc.description if isinstance(exc, FormLimitExceeded) else (
+            f"The upload is larger than the {max_mib} MiB limit per request: send fewer files at a time.")
         if _is_api():
             return jsonify(error=message), 413
         exc.description = message

@@ -19,15 +19,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import ImageLimits
-from shared.db import session_scope
+from shared.db import describe_db_error, session_scope
 from shared.deid import deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.models import Batch, Study, StudyStatus
+from shared.models_accounts import BatchUploader
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 255
+MAX_LABEL_LENGTH = 200
+# Control, format (bidi overrides, zero-width), surrogate and line/paragraph separator characters.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
 # Column widths in shared.models: metadata is cut to fit (PostgreSQL enforces VARCHAR lengths).
 METADATA_COLUMNS = {
@@ -91,11 +95,21 @@ def sanitise_filename(raw: str | None) -> str:
     """A client's file name made safe to display: the last path component, without NUL, control or
     format characters (e.g. bidi overrides), trimmed, at most 255 characters. Never used for storage."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Zl", "Zp"})
-    name = name.strip()
+    name = _printable(name).strip()
     if name in {"", ".", ".."}:
         return "unnamed"
     return name[:MAX_NAME_LENGTH]
+
+
+def clean_label(raw: str | None) -> str | None:
+    """A batch label as the person typed it ("Ward 4/5 morning": slashes are text here, not a path),
+    without unsafe characters, whitespace runs made one space, at most 200 characters; None if empty."""
+    label = " ".join(_printable((raw or "").replace("\t", " ").replace("\n", " ").replace("\r", " ")).split())
+    return label[:MAX_LABEL_LENGTH] or None
+
+
+def _printable(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _UNSAFE_CATEGORIES)
 
 
 def _read_capped(stream: BinaryIO, max_bytes: int) -> bytes | None:
@@ -132,13 +146,15 @@ def _study_row(name: str, data: bytes, relpath: str, info: ImageInfo) -> Study:
     return study
 
 
-def _existing_study(session: Session, sha256: str) -> Study | None:
+def _existing_study(session: Session, sha256: str, uploader_id: int | None = None) -> Study | None:
     """The latest study of these exact bytes that has (or will have) a result: failed ones do not count,
-    so a failed image sent again is diagnosed again."""
-    return session.scalar(
-        select(Study).where(Study.sha256 == sha256, Study.status != StudyStatus.FAILED.value)
-        .order_by(Study.id.desc()).limit(1)
-    )
+    so a failed image sent again is diagnosed again. With `uploader_id`, only studies in batches that
+    user uploaded into: an uploader never learns of another's study through a duplicate."""
+    query = select(Study).where(Study.sha256 == sha256, Study.status != StudyStatus.FAILED.value)
+    if uploader_id is not None:
+        query = query.where(Study.batch_id.in_(
+            select(BatchUploader.batch_id).where(BatchUploader.user_id == uploader_id)))
+    return session.scalar(query.order_by(Study.id.desc()).limit(1))
 
 
 def ingest(
@@ -152,6 +168,7 @@ def ingest(
     label: str | None = None,
     rerun: bool = False,
     deidentify_key: str | None = None,
+    duplicates_of: int | None = None,
 ) -> IntakeResult:
     """Validate and store each upload, commit the accepted studies in one transaction, then enqueue.
 
@@ -164,6 +181,8 @@ def ingest(
     With `deidentify_key` (XRAY_DEIDENTIFY=1) each DICOM is de-identified before anything else
     (shared.deid: the stored file and the database both hold the de-identified version) and every
     study's stored file name becomes `study-<sha256 prefix>.<ext>` (a file name may name a patient).
+    With `duplicates_of` (a user id: an uploader who may not read every study) only that user's
+    earlier uploads count as duplicates; the same bytes sent by someone else make a new study.
     """
     pending: list[Study] = []
     slots: list[_Slot] = []
@@ -175,11 +194,12 @@ def ingest(
             if isinstance(upload, Rejection):
                 result.rejected.append(upload)
                 continue
-            slot = _take(upload, lookup, storage, limits, rerun, pending, seen, result, deidentify_key)
+            slot = _take(upload, lookup, storage, limits, rerun, pending, seen, result, deidentify_key,
+                         duplicates_of)
             if slot is not None:
                 slots.append(slot)
     except SQLAlchemyError as exc:
-        log.exception("looking up earlier studies failed")
+        log.error("looking up earlier studies failed: %s", describe_db_error(exc))
         raise IntakeError(500, "The server could not read its database; nothing was queued. Please retry.") from exc
     finally:
         lookup.close()
@@ -211,7 +231,7 @@ class _Slot:
 
 def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits, rerun: bool,
           pending: list[Study], seen: dict[str, int], result: IntakeResult,
-          deidentify_key: str | None = None) -> _Slot | None:
+          deidentify_key: str | None = None, duplicates_of: int | None = None) -> _Slot | None:
     """Validate one upload: a new pending Study, a duplicate, or a rejection (None)."""
     name = (upload.filename or "unnamed") if upload.display_safe else sanitise_filename(upload.filename)
     data = _read_capped(upload.stream, limits.max_bytes)
@@ -243,7 +263,7 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     if not rerun:
         if digest in seen:
             return _Slot(name, pending_index=seen[digest], duplicate=True)
-        earlier = _existing_study(lookup, digest)
+        earlier = _existing_study(lookup, digest, duplicates_of)
         if earlier is not None:
             return _Slot(name, earlier=(earlier.id, earlier.status, earlier.batch_id))
     try:
@@ -270,7 +290,8 @@ def _commit(pending: list[Study], result: IntakeResult, session_factory: session
             session.flush()
             result.batch_id = batch.id
     except SQLAlchemyError as exc:
-        log.exception("committing %d studies failed", len(pending))
+        # Not log.exception: the driver's message and traceback may quote a value of the row.
+        log.error("committing %d studies failed: %s", len(pending), describe_db_error(exc))
         raise IntakeError(500, "The server could not save the studies; nothing was queued. Please retry.") from exc
 
 

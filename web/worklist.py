@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from shared.findings import FINDINGS
 from shared.models import Finding, Study, StudyStatus
+from web.params import MAX_ID
 
 VIEWS = ("open", "reviewed", "done", "failed", "queued", "processing", "all")
 SEARCH_MAX_LENGTH = 100
@@ -63,6 +64,13 @@ class WorklistFilter:
             out["q"] = self.q
         return out
 
+    def for_audit(self) -> dict[str, str | bool]:
+        """The filter for an audit row: that a search was made, never its terms (a patient's name or ID)."""
+        out: dict[str, str | bool] = {k: v for k, v in self.as_query().items() if k != "q"}
+        if self.q:
+            out["search"] = True
+        return out
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -78,9 +86,13 @@ class Cursor:
         try:
             raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             due = None if raw["d"] is None else _utc(datetime.fromisoformat(raw["d"]))
-            return cls(due, int(raw["i"]))
-        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            study_id = int(raw["i"])
+        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError,
+                RecursionError) as exc:
             raise FilterError("Query parameter 'after' is not a cursor this server gave out.") from exc
+        if not 0 <= study_id <= MAX_ID:
+            raise FilterError("Query parameter 'after' is not a cursor this server gave out.")
+        return cls(due, study_id)
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ def parse_filter(args: Mapping[str, str]) -> WorklistFilter:
     batch_raw = (args.get("batch") or "").strip()
     batch_id = None
     if batch_raw:
-        if not batch_raw.isdigit():
+        if not batch_raw.isdigit() or int(batch_raw) > MAX_ID:
             raise FilterError(f"Query parameter 'batch' must be a batch number, got {batch_raw[:40]!r}.")
         batch_id = int(batch_raw)
     trained_raw = (args.get("model_trained") or "").strip().lower()
@@ -151,7 +163,7 @@ def conditions(f: WorklistFilter) -> list[ColumnElement[bool]]:
         where.append(Study.batch_id == f.batch_id)
     if f.date_from:
         where.append(Study.created_at >= datetime.combine(f.date_from, time(), UTC))
-    if f.date_to:
+    if f.date_to and f.date_to < date.max:  # `to` 9999-12-31 is no upper bound (the next day overflows)
         where.append(Study.created_at < datetime.combine(f.date_to + timedelta(days=1), time(), UTC))
     if f.model_trained is not None:
         where.append(Study.model_trained.is_(f.model_trained))

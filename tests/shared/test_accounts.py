@@ -53,9 +53,10 @@ def test_passwords_are_scrypt_hashed_and_checked(db: Session) -> None:
     assert accounts.authenticate(db, "alice", PASSWORD) is user
     assert accounts.authenticate(db, "alice", PASSWORD + "x") is None
     assert accounts.authenticate(db, "bob", PASSWORD) is None
-    epoch = accounts.session_epoch(user)
-    accounts.set_password(user, "another long password")
-    assert accounts.session_epoch(user) != epoch  # old sessions end
+    session_id = accounts.start_session(db, user)
+    assert accounts.session_user(db, user.id, session_id) is user
+    accounts.set_password(db, user, "another long password")
+    assert accounts.session_user(db, user.id, session_id) is None  # old sessions end
     user.active = False
     assert accounts.authenticate(db, "alice", "another long password") is None
 

@@ -141,3 +141,46 @@ def test_deidentify_on_intake(settings: Settings, account_factory: Callable[...,
     # The same file again is recognised as the same study (de-identification is deterministic).
     again = _upload(client, admin, original).get_json()
     assert again["accepted"][0]["id"] == study_id and again["accepted"][0]["duplicate"] is True
+
+
+def test_a_search_is_audited_without_its_terms(settings: Settings, account_factory: Callable[..., Account]) -> None:
+    app, _ = make_app(settings, auth=False)
+    client = app.test_client()
+    admin = account_factory("admin")
+    study_id = _upload(client, admin, _dicom(3)).get_json()["accepted"][0]["id"]
+    _mark_done(settings, study_id)
+    for term in (SECRETS["PatientID"], "secretname"):
+        csv = client.get(f"/api/v1/worklist.csv?q={term}&status=all&finding=", headers=admin.headers)
+        assert csv.status_code == 200 and SECRETS["PatientID"] in csv.get_data(as_text=True)
+    exports = [e for e in _events(settings) if e.action == "export"]
+    assert len(exports) == 2 and all(e.study_id == study_id for e in exports)
+    for event in _events(settings):
+        rendered = repr(event.detail).lower()
+        assert SECRETS["PatientID"].lower() not in rendered and "secretname" not in rendered, event.detail
+    assert all(e.detail["filters"] == {"status": "all", "search": True} for e in exports), exports[0].detail
+
+
+def test_polling_a_study_records_one_view(settings: Settings, account_factory: Callable[..., Account]) -> None:
+    from datetime import timedelta
+
+    from web.audit_hooks import VIEW_WINDOW
+
+    app, _ = make_app(settings, auth=False)
+    client = app.test_client()
+    admin, radiologist = account_factory("admin"), account_factory("radiologist")
+    study_id = _upload(client, admin, _dicom(4)).get_json()["accepted"][0]["id"]
+    for _ in range(6):  # the study page polls its JSON every few seconds while the study is queued
+        assert client.get(f"/api/v1/studies/{study_id}", headers=radiologist.headers).status_code == 200
+    assert client.get(f"/studies/{study_id}", headers=radiologist.headers).status_code == 200
+    assert client.get(f"/studies/{study_id}", headers=radiologist.headers).status_code == 200
+    assert client.get(f"/api/v1/studies/{study_id}", headers=admin.headers).status_code == 200
+    views = [(e.username, e.detail["endpoint"]) for e in _events(settings) if e.action == "view"]
+    assert views == [(radiologist.username, "api.get_study"), (radiologist.username, "pages.study"),
+                     (admin.username, "api.get_study")]
+    # Once the window has passed, the next look is a new view.
+    with session_for(settings) as session:
+        for event in session.scalars(select(AuditEvent)):
+            event.at = event.at - VIEW_WINDOW - timedelta(seconds=1)
+        session.commit()
+    assert client.get(f"/api/v1/studies/{study_id}", headers=radiologist.headers).status_code == 200
+    assert len([e for e in _events(settings) if e.action == "view"]) == 4

@@ -114,7 +114,7 @@ def test_password_change_ends_sessions(settings: Settings, account_factory: Call
     with session_for(settings) as session:
         user = find_user(session, radiologist.username)
         assert user is not None
-        set_password(user, "a brand new password")
+        set_password(session, user, "a brand new password")
         session.commit()
     assert client.get("/worklist").status_code == 302
 

@@ -18,7 +18,8 @@ from web.export import safe_cell
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("=HYPERLINK(\"http://evil\")", "'=HYPERLINK(\"http://evil\")"), ("+1+1", "'+1+1"), ("-2+3", "'-2+3"),
-    ("@SUM(A1)", "'@SUM(A1)"), ("\t=1", "'\t=1"), ("DOE^JANE", "DOE^JANE"), (-0.5, -0.5), (3, 3),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\t=1", "'\t'=1"), ("a;=1", "a;'=1"), ("a, -1", "a, '-1"), (" =1", "' =1"),
+    ("DOE^JANE", "DOE^JANE"), (-0.5, -0.5), (3, 3),
     (None, ""), (True, "true"),
 ])
 def test_safe_cell(value: object, expected: object) -> None:
@@ -97,3 +98,27 @@ def test_large_worklist_csv_streams_every_row(settings: Settings) -> None:
         session.commit()
     rows = _rows(app.test_client().get("/api/v1/worklist.csv?status=all"))
     assert len(rows) == 1203 and len({r["study_id"] for r in rows}) == 1203
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_no_cell_starts_a_formula_whatever_the_spreadsheet_splits_on(settings: Settings, delimiter: str) -> None:
+    """A spreadsheet set to `;` (or tab) splits a comma CSV inside text cells: no piece may begin a formula."""
+    app, _ = make_app(settings)
+    nasty = ["Doe;=HYPERLINK(\"http://evil\")", "a,+1+1", "b\t@SUM(A1)", "c\n-2+3", "d; =1", " =2",
+             "e\"; =3", "f\r\n@4"]
+    with session_for(settings) as session:
+        batch = Batch(label="x")
+        session.add(batch)
+        for i, text in enumerate(nasty):
+            add_study(session, batch, due_at=utc(8, i), name=f"{text}.png", patient_name=text, patient_id=text,
+                      error=text)
+        session.commit()
+    body = app.test_client().get("/api/v1/worklist.csv?status=all").get_data(as_text=True)
+    # Read as a spreadsheet that ignores quotes would: split lines and cells on the delimiter.
+    for line in body.replace("\r", "\n").split("\n"):
+        for cell in line.split(delimiter):
+            assert not cell.lstrip(" \"").startswith(("=", "+", "-", "@")), (delimiter, cell)
+    # And a reader that honours quotes gets every value back, neutralised but whole.
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert len(rows) == len(nasty)
+    assert rows[0]["patient_name"] == "Doe;'=HYPERLINK(\"http://evil\")"
