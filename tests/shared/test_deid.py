@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from shared.config import ImageLimits
-from shared.deid import Pseudonymiser, deidentify_dicom, deidentify_upload
+from shared.deid import DeidentifiedUpload, Pseudonymiser, deidentify_dicom, deidentify_upload
 from shared.images import inspect_image, read_image
 from tests.dicom_factory import dicom_from_array, dicom_from_png
 
@@ -88,17 +88,22 @@ def test_private_tags_sequences_and_bare_datasets(data_dir: Path) -> None:
     item = Dataset()
     item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.1"
     item.PatientName = "Nested^Name"
-    ds.SourceImageSequence = [item]
+    item.add_new(0x00291010, "LO", "nested private Smithers")
+    ds.ViewCodeSequence = [item]  # a sequence the profile keeps: its items are cleaned all the same
+    ds.SourceImageSequence = [Dataset()]  # X/Z/U* in the table: removed
+    ds.SourceImageSequence[0].ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.2"
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     clean = deidentify_dicom(buffer.getvalue(), KEY)
     assert clean[128:132] == b"DICM"  # a complete file now
     out = _read(clean)
     assert 0x00091010 not in out
-    nested = out.SourceImageSequence[0]
+    assert "SourceImageSequence" not in out
+    nested = out.ViewCodeSequence[0]
+    assert 0x00291010 not in nested
     assert str(nested.PatientName) == Pseudonymiser(KEY).patient_name("Nested^Name")
     assert nested.ReferencedSOPInstanceUID == Pseudonymiser(KEY).uid("1.2.826.0.1.3680043.99.1")
-    for needle in (b"Smithers", b"Nested^Name", b"SEQ-PATIENT-9"):
+    for needle in (b"Smithers", b"Nested^Name", b"SEQ-PATIENT-9", b"3680043.99"):
         assert needle not in clean
 
 
@@ -107,7 +112,9 @@ def test_deidentify_upload_rereads_metadata_and_leaves_png_alone() -> None:
     original = dicom_from_array(_grey(), metadata=IDENTIFIERS)
     info = inspect_image(original, limits)
     assert info.metadata is not None and info.metadata.patient_id == "MRN-778812"
-    clean, clean_info = deidentify_upload(original, info, KEY, limits)
+    clean = deidentify_upload(original, info, KEY, limits)
+    clean_info = clean.info
+    assert clean.burned_in is False  # a DX that does not say otherwise
     assert clean_info.metadata is not None
     assert clean_info.metadata.patient_id == Pseudonymiser(KEY).patient_id("MRN-778812")
     assert clean_info.metadata.study_date is None
@@ -116,4 +123,4 @@ def test_deidentify_upload_rereads_metadata_and_leaves_png_alone() -> None:
     Image.fromarray(_grey(), mode="L").save(buffer, format="PNG")
     png = buffer.getvalue()
     png_info = inspect_image(png, limits)
-    assert deidentify_upload(png, png_info, KEY, limits) == (png, png_info)
+    assert deidentify_upload(png, png_info, KEY, limits) == DeidentifiedUpload(png, png_info, None)
