@@ -29,9 +29,10 @@ from tests.web.support import make_app, session_for
 
 KEY = "profile-test-secret-key-0123456789abcdef"
 PREFIX = "ZQXJ"  # every text marker starts with it: nothing else in a file or a database does
-TEXT_VRS = {"AE", "CS", "LO", "SH", "PN", "LT", "ST", "UT", "UC", "UR"}
+# Dates and times too: a malformed value must not reach a log through a library warning either.
+TEXT_VRS = {"AE", "CS", "LO", "SH", "PN", "LT", "ST", "UT", "UC", "UR", "DA", "TM", "DT"}
 # Markers for VRs that cannot hold letters: distinctive values that occur nowhere else.
-NUMBER_MARKERS = {"DA": "18770312", "TM": "131313.131313", "DT": "18770312131313", "AS": "087Y",
+NUMBER_MARKERS = {"AS": "087Y",
                   "DS": "7654.321", "IS": "7654321"}
 UID_ROOT = "1.2.826.0.1.3680043.10.54321."
 BINARY_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV"}
@@ -133,8 +134,9 @@ def _database_text(settings: Settings) -> str:
 
 def test_every_attribute_of_the_profile_leaves_no_trace(
         settings: Settings, account_factory: Callable[..., Account], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
     original, markers = marked_dataset()
+    caplog.clear()  # building it logs pydicom's complaints about the malformed markers: the service may not
+    caplog.set_level(logging.DEBUG)
     source = pydicom.dcmread(io.BytesIO(original))
     assert all(m in original for m in markers)  # the test can fail: each marker is in the upload
     assert len(table()[0]) > 600  # the whole table, not a handful of attributes
