@@ -132,6 +132,14 @@ def _action(elem: Any) -> str | None:
     return None
 
 
+def _removed(action: str, vr: str) -> bool:
+    """X and every choice that allows X; and where no stand-in can be made: a dummy sequence or binary
+    value, a new UID for a value that is not a UID, anything of unknown VR (an attribute this pydicom
+    does not know, read from an implicit VR file)."""
+    return (action.startswith("X") or vr == "UN" or (action == "D" and (vr == "SQ" or vr in BINARY_VRS))
+            or (action == "U" and vr != "UI"))
+
+
 def _clean(ds: Any, pseudo: Pseudonymiser) -> None:
     """Apply the profile to `ds` and, recursively, to every item of every sequence it keeps."""
     for elem in list(ds):
@@ -143,15 +151,15 @@ def _clean(ds: Any, pseudo: Pseudonymiser) -> None:
             elem.value = _pseudonymise(elem.keyword, elem.value, pseudo)
             continue
         action = _action(elem)
-        if action is None or action == "K":
+        if action is None:
             pass
-        elif action.startswith("X") or (action == "D" and (elem.VR == "SQ" or elem.VR in BINARY_VRS)):
+        elif _removed(action, elem.VR):
             del ds[tag]
             continue
         elif action in ("Z", "Z/D"):
             elem.value = [] if elem.VR == "SQ" else None
             continue
-        elif action == "U" or elem.VR == "UI":
+        elif elem.VR == "UI":  # U, or D on a UID
             elem.value = _replace_uid(elem.value, pseudo)
         else:  # D
             elem.value = DUMMIES.get(elem.VR, 0)

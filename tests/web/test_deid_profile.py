@@ -21,6 +21,7 @@ from sqlalchemy import MetaData, select
 
 from shared.config import Settings
 from shared.db import make_engine
+from shared.deid import deidentify_dicom
 from shared.deid_profile import table
 from shared.models import Study
 from tests.conftest import Account
@@ -210,3 +211,19 @@ def test_the_same_study_stays_one_study_across_uploads(settings: Settings,
         uids = {s.study_instance_uid for s in studies if s is not None}
         assert len(uids) == 1 and uids.pop().startswith("2.25.")
         assert [s.burned_in_annotation for s in studies if s is not None] == [False, False]
+
+
+def test_every_attribute_in_a_bare_implicit_vr_file_too() -> None:
+    """The same markers in a bare implicit VR data set (no preamble, no file meta), where attributes newer
+    than pydicom's dictionary read back with an unknown VR (UN)."""
+    original, markers = marked_dataset()
+    ds = pydicom.dcmread(io.BytesIO(original))
+    bare = Dataset()
+    bare.update(ds)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, bare, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    upload = buffer.getvalue()
+    assert upload[128:132] != b"DICM" and all(m in upload for m in markers)
+    clean = deidentify_dicom(upload, KEY)
+    assert [m for m in markers if m in clean] == []
+    assert pydicom.dcmread(io.BytesIO(clean)).PixelData == ds.PixelData
