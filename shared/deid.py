@@ -1,24 +1,33 @@
-"""De-identification of DICOM on intake (XRAY_DEIDENTIFY=1), after PS3.15 Annex E's Basic Application
-Confidentiality Profile, applied to the whole data set (so the stored original is de-identified too):
+"""De-identification of DICOM on intake (XRAY_DEIDENTIFY=1): the whole of DICOM PS3.15 Annex E's
+Basic Application Level Confidentiality Profile (Table E.1-1, `shared.deid_profile`), applied to the
+whole data set at every depth of nesting, so the stored original is de-identified too:
 
-- PatientID, PatientName, AccessionNumber: replaced by pseudonyms, HMAC-SHA256 of the value under a key
-  derived from SECRET_KEY. The same value always gives the same pseudonym (a patient's studies still
-  group together), and nobody without the key can compute or reverse one.
-- Instance UIDs (Study, Series, SOP Instance, Frame of Reference, any other `...InstanceUID`, and the
-  file meta's MediaStorageSOPInstanceUID): replaced by `2.25.<128-bit integer>` from the same HMAC,
-  so they stay consistent across the files of one study. Standard DICOM UIDs (`1.2.840.10008.*`,
-  transfer syntaxes, SOP classes) are kept.
-- Dates and times (every DA, DT and TM element, the birth date included): emptied. Nothing in this
-  service uses them (the worklist orders by upload time and urgency), shifting would still leak
-  intervals, and emptying is the profile's own default for StudyDate.
-- Other person names: emptied (ReferringPhysicianName, Type 2) or removed; ages removed; free text
-  (LT, ST, UT) removed; the identifying attributes listed below removed or emptied; private
-  attributes removed.
-- PatientIdentityRemoved = YES, DeidentificationMethod and its code sequence (DCM 113100) are added,
-  LongitudinalTemporalInformationModified = REMOVED.
+- Each attribute of the table gets its action: X removed; Z emptied; D a dummy value (a UID: keyed,
+  below; a sequence or binary value, where no dummy can stand in: removed); U a new UID. Where the table
+  leaves a choice (X/Z, X/D, X/Z/D, X/Z/U*) the attribute is removed; Z/D is emptied.
+- PatientID, PatientName, AccessionNumber (Z, Z/D in the table) get a dummy that is a pseudonym instead:
+  HMAC-SHA256 of the value under a key derived from SECRET_KEY. The same value always gives the same
+  pseudonym (a patient's studies still group together), and nobody without the key can compute or
+  reverse one.
+- New UIDs are `2.25.<128-bit integer>` from the same HMAC: the same input UID gives the same new UID
+  in this installation, so the images of one study stay one study. Standard DICOM UIDs
+  (`1.2.840.10008.*`: SOP classes, transfer syntaxes) are kept.
+- All private attributes are removed; so are the Icon Image Sequence, overlays and curves (all in the
+  table). Kept sequences are cleaned item by item with the same rules.
+- Beyond the table, as a safety net for attributes it does not list (newer or unknown ones): any other
+  person name, age, free text (LT, ST, UT) or unknown public attribute (VR UN) is removed, every other
+  date and time emptied, every other instance UID replaced. The file meta is rebuilt from scratch
+  (transfer syntax, SOP class and instance only) and the 128-byte preamble zeroed.
+- PatientIdentityRemoved = YES, DeidentificationMethod and its code sequence (DCM 113100, the Basic
+  Profile) are added, LongitudinalTemporalInformationModified = REMOVED.
 
-Not covered: text burned into the pixels (BurnedInAnnotation is kept so a reader can see the flag)
-and metadata inside PNG/JPEG files.
+Kept (not in the table): what reading and diagnosing the image needs (pixel data and its description,
+Modality, PhotometricInterpretation, rescale, window and VOI LUT, ViewPosition, BodyPartExamined, ...).
+No option of the profile that retains more (device identity, dates, descriptors, UIDs) is used.
+
+Not covered: text burned into the pixels. An image that declares BurnedInAnnotation YES, or lacks the
+statement and is of a kind that often carries such text (`LIKELY_BURNED_IN`), is flagged instead
+(`Deidentified.burned_in`), and the study says so. Metadata inside PNG/JPEG files is not touched.
 """
 
 from __future__ import annotations
@@ -27,53 +36,37 @@ import hashlib
 import hmac
 import io
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
+from shared import deid_profile
 from shared.config import ImageLimits
 from shared.images import DICOM_PREFIX, DICOM_PREFIX_OFFSET, ImageInfo, inspect_image
 
 KEY_LABEL = b"xray-deidentify-v1"
 STANDARD_UID_ROOT = "1.2.840.10008."
-METHOD = "PS3.15 Basic Profile; HMAC-SHA256 pseudonyms; dates removed"  # LO: <= 64
+METHOD = "PS3.15 E.1-1 Basic Profile (2026c); keyed pseudonyms and UIDs"  # LO: <= 64
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 
 PSEUDONYMISED = ("PatientID", "PatientName", "AccessionNumber")
-EMPTIED = {
-    "PatientSex", "ReferringPhysicianName", "StudyID", "ContentCreatorName", "PatientBirthDate",
-    "PatientBirthTime",
-}
-REMOVED = {
-    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "PatientBirthName",
-    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "PatientTelecomInformation",
-    "MilitaryRank", "BranchOfService", "MedicalRecordLocator", "EthnicGroup", "Occupation",
-    "AdditionalPatientHistory", "PatientComments", "PatientReligiousPreference", "PatientAge",
-    "PatientSize", "PatientWeight", "PatientInsurancePlanCodeSequence", "CountryOfResidence",
-    "RegionOfResidence", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "AdmissionID",
-    "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "CurrentPatientLocation", "PatientInstitutionResidence",
-    "ResponsiblePerson", "ResponsibleOrganization", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "InstitutionCodeSequence", "StationName", "DeviceSerialNumber",
-    "DetectorID", "PlateID", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
-    "PerformingPhysicianName", "PerformingPhysicianIdentificationSequence", "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence", "OperatorsName", "OperatorIdentificationSequence",
-    "RequestingPhysician", "RequestingService", "ScheduledPerformingPhysicianName", "StudyDescription",
-    "SeriesDescription", "ImageComments", "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence",
-    "DerivationDescription", "RequestAttributesSequence", "ProtocolName", "PerformedProcedureStepID",
-    "PerformedProcedureStepDescription", "ScheduledProcedureStepID", "RequestedProcedureID",
-    "RequestedProcedureDescription", "ReasonForStudy", "ReasonForTheRequestedProcedure",
-    "AcquisitionComments", "FrameComments", "AcquisitionDeviceProcessingDescription",
-    "DetectorDescription", "ReferencedPatientSequence", "ReferencedStudySequence",
-    "ReferencedPerformedProcedureStepSequence", "PerformedLocation", "ScheduledStudyLocation",
-    "ScheduledStudyLocationAETitle", "OrderEnteredBy", "OrderEntererLocation", "OrderCallbackPhoneNumber",
-    "InterpretationRecorder", "InterpretationAuthor", "DistributionName", "DistributionAddress",
-    "IdentifyingComments", "TextComments", "TextString", "ContentSequence", "GraphicAnnotationSequence",
-    "OverlayData", "OverlayComments", "PersonAddress", "PersonTelephoneNumbers", "PersonName",
-    "VerifyingObserverName", "VerifyingObserverSequence", "VerifyingOrganization", "SourceApplicationEntityTitle",
-    "DigitalSignaturesSequence", "MACParametersSequence", "EncryptedAttributesSequence",
-    "OriginalAttributesSequence", "ModifiedAttributesSequence",
-}
 FREE_TEXT_VRS = {"LT", "ST", "UT"}
 DATE_VRS = {"DA", "DT", "TM"}
+BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+# A dummy value per VR for the table's D action (never anything derived from the original).
+DUMMIES: dict[str, Any] = {
+    "AE": "REMOVED", "CS": "REMOVED", "LO": "REMOVED", "SH": "REMOVED", "PN": "REMOVED", "UC": "REMOVED",
+    "LT": "REMOVED", "ST": "REMOVED", "UT": "REMOVED", "UR": "", "DA": "19000101", "TM": "000000",
+    "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0",
+}
+# Modalities whose images often show text in the pixels (ultrasound, secondary capture, photographs,
+# scanned documents, ...) and SOP classes of secondary capture: flagged unless BurnedInAnnotation is NO.
+LIKELY_BURNED_IN = {"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC", "IVUS", "OP"}
+SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
+BURNED_IN_WARNING = (
+    "This image may show identifying text burned into its pixels (it declares burned-in annotation, "
+    "or is a kind of image that often has it). De-identification removes the identifiers in the file's "
+    "header, not text in the image: check the image before sharing it."
+)
 
 
 class Pseudonymiser:
@@ -124,24 +117,65 @@ def _pseudonymise(keyword: str, value: Any, pseudo: Pseudonymiser) -> str:
             "AccessionNumber": pseudo.accession_number}[keyword](text)
 
 
-def _clean(ds: Any, pseudo: Pseudonymiser) -> None:
-    def visit(dataset: Any, elem: Any) -> None:
-        keyword = elem.keyword or ""
-        if elem.tag.is_private:
-            return  # removed afterwards by remove_private_tags()
-        if keyword in PSEUDONYMISED:
-            elem.value = _pseudonymise(keyword, elem.value, pseudo)
-        elif keyword in REMOVED or elem.VR in FREE_TEXT_VRS or elem.VR == "AS":
-            del dataset[elem.tag]
-        elif keyword in EMPTIED or elem.VR in DATE_VRS:
-            elem.value = ""
-        elif elem.VR == "PN":
-            del dataset[elem.tag]
-        elif elem.VR == "UI" and _is_instance_uid(keyword):
-            elem.value = _replace_uid(elem.value, pseudo)
+def _action(elem: Any) -> str | None:
+    """What happens to one public element: the table's action, else the safety net's, else None (kept)."""
+    action = deid_profile.action_for(int(elem.tag))
+    if action is not None:
+        return action
+    vr = elem.VR
+    if vr == "PN" or vr == "AS" or vr == "UN" or vr in FREE_TEXT_VRS:
+        return "X"
+    if vr in DATE_VRS:
+        return "Z"
+    if vr == "UI" and _is_instance_uid(elem.keyword or ""):
+        return "U"
+    return None
 
-    ds.walk(visit, recursive=True)
-    ds.remove_private_tags()
+
+def _removed(action: str, vr: str) -> bool:
+    """X and every choice that allows X; and where no stand-in can be made: a dummy sequence or binary
+    value, a new UID for a value that is not a UID, anything of unknown VR (an attribute this pydicom
+    does not know, read from an implicit VR file)."""
+    return (action.startswith("X") or vr == "UN" or (action == "D" and (vr == "SQ" or vr in BINARY_VRS))
+            or (action == "U" and vr != "UI"))
+
+
+def _clean(ds: Any, pseudo: Pseudonymiser) -> None:
+    """Apply the profile to `ds` and, recursively, to every item of every sequence it keeps."""
+    for elem in list(ds):
+        tag = elem.tag
+        if tag.is_private or tag.group in (0x0000, 0x0002):  # command and meta groups never belong here
+            del ds[tag]
+            continue
+        if elem.keyword in PSEUDONYMISED:
+            elem.value = _pseudonymise(elem.keyword, elem.value, pseudo)
+            continue
+        action = _action(elem)
+        if action is None:
+            pass
+        elif _removed(action, elem.VR):
+            del ds[tag]
+            continue
+        elif action in ("Z", "Z/D"):
+            elem.value = [] if elem.VR == "SQ" else None
+            continue
+        elif elem.VR == "UI":  # U, or D on a UID
+            elem.value = _replace_uid(elem.value, pseudo)
+        else:  # D
+            elem.value = DUMMIES.get(elem.VR, 0)
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _clean(item, pseudo)
+
+
+def burned_in_annotation(ds: Any) -> bool:
+    """Might the pixels show identifying text? Declared YES, or undeclared on a likely kind of image."""
+    declared = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if declared in ("YES", "NO"):
+        return declared == "YES"
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    return modality in LIKELY_BURNED_IN or sop_class.startswith(SECONDARY_CAPTURE_ROOT)
 
 
 def _mark(ds: Any) -> None:
@@ -155,47 +189,67 @@ def _mark(ds: Any) -> None:
     ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
-def deidentify_dicom(data: bytes, secret_key: str) -> bytes:
+@dataclass(frozen=True)
+class Deidentified:
+    data: bytes  # the de-identified file
+    burned_in: bool  # the pixels may still show identifying text (see `burned_in_annotation`)
+
+
+def deidentify(data: bytes, secret_key: str) -> Deidentified:
     """The DICOM file `data` de-identified (see the module docstring), pixel data byte for byte intact.
 
     `data` must already have passed `shared.images.inspect_image`; a file written without the 128-byte
     preamble comes back as a complete DICOM file (preamble and file meta).
     """
     import pydicom
+    from pydicom.dataset import FileMetaDataset
 
     pseudo = Pseudonymiser(secret_key)
     has_prefix = data[DICOM_PREFIX_OFFSET:DICOM_PREFIX_OFFSET + 4] == DICOM_PREFIX
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_prefix)
-    meta = ds.file_meta if getattr(ds, "file_meta", None) is not None else pydicom.dataset.FileMetaDataset()
-    if "TransferSyntaxUID" not in meta:
+    old_meta = getattr(ds, "file_meta", None)
+    syntax = old_meta.get("TransferSyntaxUID") if old_meta is not None else None
+    if syntax is None:
         implicit, little = ds.original_encoding
-        meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
-                                  else pydicom.uid.ExplicitVRLittleEndian if little
-                                  else pydicom.uid.ExplicitVRBigEndian)
-    _clean(ds, pseudo)
+        syntax = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                  else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    burned_in = burned_in_annotation(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # values pydicom finds odd (the originals) are going anyway
+        _clean(ds, pseudo)
     _mark(ds)
     if "SOPInstanceUID" not in ds:
         ds.SOPInstanceUID = pseudo.uid("sha256:" + hashlib.sha256(data).hexdigest())
+    meta = FileMetaDataset()  # rebuilt: AE titles and private information of the sender stay behind
+    meta.TransferSyntaxUID = syntax
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-                    "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID", "PrivateInformation"):
-        if keyword in meta:
-            delattr(meta, keyword)
     ds.file_meta = meta
     ds.preamble = b"\0" * 128
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format="MediaStorageSOPClassUID" in meta)
-    return out.getvalue()
+    return Deidentified(out.getvalue(), burned_in)
 
 
-def deidentify_upload(data: bytes, info: ImageInfo, secret_key: str, limits: ImageLimits) -> tuple[bytes, ImageInfo]:
-    """For intake: a DICOM's bytes and header info after de-identification (read back from the new
-    bytes, so what the database stores is exactly what the stored file says). Other formats unchanged."""
+def deidentify_dicom(data: bytes, secret_key: str) -> bytes:
+    """The de-identified file alone (see `deidentify`)."""
+    return deidentify(data, secret_key).data
+
+
+@dataclass(frozen=True)
+class DeidentifiedUpload:
+    data: bytes
+    info: ImageInfo  # read back from `data`: what the database stores is what the stored file says
+    burned_in: bool | None  # None: not a DICOM, nothing was checked
+
+
+def deidentify_upload(data: bytes, info: ImageInfo, secret_key: str, limits: ImageLimits) -> DeidentifiedUpload:
+    """For intake: a DICOM's bytes and header info after de-identification, and its burned-in flag.
+    Other formats come back unchanged."""
     if info.format != "dicom":
-        return data, info
-    clean = deidentify_dicom(data, secret_key)
-    return clean, inspect_image(clean, limits)
+        return DeidentifiedUpload(data, info, None)
+    clean = deidentify(data, secret_key)
+    return DeidentifiedUpload(clean.data, inspect_image(clean.data, limits), clean.burned_in)

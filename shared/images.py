@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from shared import png_fast
+from shared import png_fast, png_stream
 from shared.config import ImageLimits
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ def sniff_format(data: bytes) -> str:
 
 
 def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
-    """Validate format, size limits and structure from the header alone (no pixel decoding)."""
-    return _open(bytes(data), limits).info
+    """Validate format, size limits and structure from the header (no pixel decoding); a PNG's
+    compressed stream is also inflated and counted, so one missing rows is refused here."""
+    return _open(bytes(data), limits, verify_stream=True).info
 
 
 def read_image(data: bytes, limits: ImageLimits) -> XRayImage:
@@ -181,23 +182,26 @@ class _Opened:
     info: ImageInfo
     handle: Any  # a lazily-loaded PIL image or a pydicom Dataset
     png: bytes | None = None  # the file, for an 8-bit greyscale PNG with no orientation to apply
+    png_chunks: _PngChunks | None = None  # any PNG: what its stream check reads
 
     def decode(self) -> np.ndarray:
         if self.info.format == "dicom":
             return _decode_dicom(self.handle)
         if self.png is not None:  # the common X-ray PNG: shared.png_fast, Pillow whenever it declines
-            levels = png_fast.decode_grey8(self.png)
+            levels = png_fast.decode_grey8(self.png)  # checks the inflated size exactly itself
             if levels is not None:
                 return levels
+        if self.png_chunks is not None:  # Pillow would fill missing rows with black
+            _check_png_stream(self.png_chunks)
         return _decode_pil(self.handle, self.info.format)
 
 
-def _open(data: bytes, limits: ImageLimits) -> _Opened:
+def _open(data: bytes, limits: ImageLimits, verify_stream: bool = False) -> _Opened:
     _check_size(len(data), limits)
     fmt = sniff_format(data)
     if fmt == "dicom":
         return _open_dicom(data, limits)
-    return _open_pil(data, fmt, limits)
+    return _open_pil(data, fmt, limits, verify_stream)
 
 
 def _read_bounded(path: Path, limits: ImageLimits) -> bytes:
@@ -257,9 +261,10 @@ def _failures_as(message: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _open_pil(data: bytes, fmt: str, limits: ImageLimits) -> _Opened:
+def _open_pil(data: bytes, fmt: str, limits: ImageLimits, verify_stream: bool) -> _Opened:
     corrupt = f"{_FORMAT_NAMES[fmt]} file is truncated or corrupt"
-    exif_orientation = _check_png_chunks(data, corrupt) if fmt == "png" else None
+    chunks = _check_png_chunks(data, corrupt) if fmt == "png" else None
+    exif_orientation = chunks.orientation if chunks is not None else None
     if fmt == "jpeg":
         _check_jpeg_structure(data, corrupt)
     image = _pil_open(data, fmt, limits, corrupt)
@@ -269,8 +274,10 @@ def _open_pil(data: bytes, fmt: str, limits: ImageLimits) -> _Opened:
         orientation = exif_orientation if fmt == "png" else image.getexif().get(_EXIF_ORIENTATION)
     if orientation in _ROTATED_ORIENTATIONS:
         width, height = height, width
+    if chunks is not None and verify_stream:
+        _check_png_stream(chunks)
     fast_png = fmt == "png" and image.mode == "L" and orientation is None
-    return _Opened(ImageInfo(fmt, width, height, None), image, data if fast_png else None)
+    return _Opened(ImageInfo(fmt, width, height, None), image, data if fast_png else None, chunks)
 
 
 def _pil_open(data: bytes, fmt: str, limits: ImageLimits, corrupt: str) -> Image.Image:
@@ -310,9 +317,22 @@ def _pil_to_grey(image: Image.Image) -> np.ndarray:
     return (rgb @ _LUMA) / 255.0
 
 
-def _check_png_chunks(data: bytes, corrupt: str) -> int | None:
-    """Walk the chunk chain to IEND (cheap: no decompression). Return the eXIf orientation, if any."""
-    offset, orientation, seen_idat = len(PNG_SIGNATURE), None, False
+@dataclass(frozen=True)
+class _PngChunks:
+    """What the chunk walk found: IHDR's data, the first run of consecutive IDAT chunks (all that
+    Pillow reads), the eXIf orientation if any."""
+
+    ihdr: bytes
+    idat: tuple[memoryview, ...]
+    orientation: int | None
+
+
+def _check_png_chunks(data: bytes, corrupt: str) -> _PngChunks:
+    """Walk the chunk chain to IEND (cheap: no decompression)."""
+    offset, orientation, ihdr = len(PNG_SIGNATURE), None, b""
+    idat: list[memoryview] = []
+    idat_run_over = False
+    view = memoryview(data)
     while True:
         if offset + 12 > len(data):
             raise InvalidImage(corrupt)
@@ -321,14 +341,29 @@ def _check_png_chunks(data: bytes, corrupt: str) -> int | None:
         if end > len(data):
             raise InvalidImage(corrupt)
         if kind == b"IDAT":
-            seen_idat = True
+            if not idat_run_over:
+                idat.append(view[offset + 8:offset + 8 + length])
+        else:
+            idat_run_over = bool(idat)
+        if kind == b"IHDR" and not ihdr:
+            ihdr = data[offset + 8:offset + 8 + length]
         elif kind == b"eXIf":
             orientation = _exif_orientation(data[offset + 8:offset + 8 + length])
         elif kind == b"IEND":
-            if not seen_idat:
+            if not idat or len(ihdr) != 13:
                 raise InvalidImage(corrupt)
-            return orientation
+            return _PngChunks(ihdr, tuple(idat), orientation)
         offset = end
+
+
+def _check_png_stream(chunks: _PngChunks) -> None:
+    """Refuse a PNG whose compressed stream holds fewer rows than its header says."""
+    try:
+        problem = png_stream.shortfall(chunks.ihdr, chunks.idat)
+    except png_stream.CorruptStream as exc:
+        raise InvalidImage("PNG file is truncated or corrupt") from exc
+    if problem is not None:
+        raise InvalidImage(problem)
 
 
 def _exif_orientation(raw: bytes) -> int | None:

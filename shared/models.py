@@ -83,6 +83,9 @@ class Study(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     view_position: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
+    # De-identified DICOMs only (migration 0005): True when the pixels may show identifying text that
+    # de-identification cannot remove (shared.deid.burned_in_annotation); None when not checked.
+    burned_in_annotation: Mapped[bool | None] = mapped_column(Boolean)
 
     # Processing.
     attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)

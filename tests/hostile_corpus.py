@@ -27,6 +27,7 @@ from pydicom.uid import MPEG2MPML, DeflatedExplicitVRLittleEndian
 from tests.dicom_factory import _file_meta, dataset_bytes, dicom_from_array
 
 NOT_AN_IMAGE = "not a PNG, JPEG or DICOM file"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BOMB_SIDE = 30000
 NESTING_DEPTH = 3000
 
@@ -48,6 +49,8 @@ def hostile_cases() -> list[HostileCase]:
         HostileCase("gif_renamed_png", "anim.png", _gif(), NOT_AN_IMAGE),
         HostileCase("random_bytes_dcm", "scan.dcm", _random_bytes(4096), NOT_AN_IMAGE),
         HostileCase("truncated_png", "cut.png", _truncate(_png(_noise(256))), "PNG file is truncated or corrupt"),
+        HostileCase("png_stream_stops_early", "short.png", png_rows_cut(_png(_noise(256)), 100),
+                    "PNG image data is truncated: 100 of 256 rows"),
         HostileCase("truncated_jpeg", "cut.jpg", _truncate(_jpeg(_noise(256))), "JPEG file is truncated or corrupt"),
         HostileCase(
             "png_decompression_bomb",
@@ -136,6 +139,28 @@ def _html() -> bytes:
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_rows_cut(data: bytes, rows: int, closed: bool = True) -> bytes:
+    """The PNG `data` with a pixel stream that stops early: a properly closed zlib stream of its first
+    `rows` rows (`closed`; non-interlaced files only), or its own stream cut off at the same share of
+    its length. Every chunk and CRC stays valid: only the stream's length gives it away."""
+    offset, chunks = len(PNG_SIGNATURE), []
+    while offset < len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        chunks.append((kind, data[offset + 8:offset + 8 + length]))
+        offset += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+    row_bytes = 1 + (width * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour] * depth + 7) // 8
+    stream = b"".join(body for kind, body in chunks if kind == b"IDAT")
+    if closed:
+        short = zlib.compress(zlib.decompress(stream)[: rows * row_bytes])
+    else:
+        short = stream[: len(stream) * rows // height]
+    first = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    kept = [(kind, body) for kind, body in chunks if kind != b"IDAT"]
+    kept.insert(first, (b"IDAT", short))
+    return PNG_SIGNATURE + b"".join(_png_chunk(kind, body) for kind, body in kept)
 
 
 @lru_cache(maxsize=1)

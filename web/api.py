@@ -65,7 +65,7 @@ def _intake_json(result: IntakeResult) -> dict[str, Any]:
         "batch_id": result.batch_id,
         "accepted": [
             {"id": a.study_id, "filename": a.filename, "status": a.status, "enqueued": a.enqueued,
-             "duplicate": a.duplicate, "batch_id": a.batch_id}
+             "duplicate": a.duplicate, "batch_id": a.batch_id, **({"warning": a.warning} if a.warning else {})}
             for a in result.accepted
         ],
         "rejected": [{"filename": r.filename, "reason": r.reason} for r in result.rejected],

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import ImageLimits
 from shared.db import describe_db_error, session_scope
-from shared.deid import deidentify_upload
+from shared.deid import BURNED_IN_WARNING, deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.models import Batch, Study, StudyStatus
 from shared.models_accounts import BatchUploader
@@ -72,6 +72,8 @@ class AcceptedStudy:
     # The same bytes (sha256) were submitted before: this is that study, nothing new was queued.
     duplicate: bool = False
     batch_id: int | None = None
+    # Set when de-identification found the pixels may show identifying text (shared.deid).
+    warning: str | None = None
 
 
 @dataclass
@@ -127,8 +129,9 @@ def _storage_failure(exc: StorageError) -> IntakeError:
                             "was saved. Please retry; if it persists, tell the administrator.")
 
 
-def _study_row(name: str, data: bytes, relpath: str, info: ImageInfo) -> Study:
+def _study_row(name: str, data: bytes, relpath: str, info: ImageInfo, burned_in: bool | None) -> Study:
     study = Study(
+        burned_in_annotation=burned_in,
         status=StudyStatus.QUEUED.value,
         original_filename=name,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -215,7 +218,7 @@ def ingest(
             study = pending[slot.pending_index]
             result.accepted.append(AcceptedStudy(
                 study.id, slot.name, study.status, enqueued[slot.pending_index] and not slot.duplicate,
-                slot.duplicate, result.batch_id))
+                slot.duplicate, result.batch_id, BURNED_IN_WARNING if study.burned_in_annotation else None))
     return result
 
 
@@ -249,15 +252,16 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
         log.exception("inspecting an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
         result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
         return None
-    stored_name = name
+    stored_name, burned_in = name, None
     if deidentify_key is not None:
         try:
-            data, info = deidentify_upload(data, info, deidentify_key, limits)
+            clean = deidentify_upload(data, info, deidentify_key, limits)
         except Exception:
             log.exception("de-identifying an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
             result.rejected.append(Rejection(name, "The DICOM file could not be de-identified, so it was not "
                                                    "stored. Check that it opens in a DICOM viewer."))
             return None
+        data, info, burned_in = clean.data, clean.info, clean.burned_in
         stored_name = f"study-{hashlib.sha256(data).hexdigest()[:12]}.{EXTENSIONS[info.format]}"
     digest = hashlib.sha256(data).hexdigest()
     if not rerun:
@@ -272,7 +276,7 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
         log.error("storing an upload (sha256 %s) failed: %s", digest[:16], exc, exc_info=True)
         raise _storage_failure(exc) from exc
     seen.setdefault(digest, len(pending))
-    pending.append(_study_row(stored_name, data, relpath, info))
+    pending.append(_study_row(stored_name, data, relpath, info, burned_in))
     return _Slot(name, pending_index=len(pending) - 1)
 
 

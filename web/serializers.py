@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import url_for
 
+from shared.deid import BURNED_IN_WARNING
 from shared.findings import DISPLAY_NAMES, FINDINGS, URGENCY
 from shared.models import Batch, Finding, Study, StudyStatus
 
@@ -99,6 +100,9 @@ def study_detail(study: Study) -> dict[str, Any]:
         "started_at": iso(study.started_at),
         "finished_at": iso(study.finished_at),
         "dicom": dicom_metadata(study),
+        # True: de-identified, but the pixels may show identifying text (`warnings` says so in words).
+        "burned_in_annotation": study.burned_in_annotation,
+        "warnings": [BURNED_IN_WARNING] if study.burned_in_annotation else [],
         "image_url": url_for("media.image", study_id=study.id),
         "findings": [finding_json(study, f) for f in ordered_findings(study)],
     }

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from shared import deid_profile
 from shared.config import ImageLimits
-from shared.deid import Pseudonymiser, deidentify_dicom, deidentify_upload
+from shared.deid import DeidentifiedUpload, Pseudonymiser, burned_in_annotation, deidentify_dicom, deidentify_upload
 from shared.images import inspect_image, read_image
 from tests.dicom_factory import dicom_from_array, dicom_from_png
 
@@ -88,17 +89,22 @@ def test_private_tags_sequences_and_bare_datasets(data_dir: Path) -> None:
     item = Dataset()
     item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.1"
     item.PatientName = "Nested^Name"
-    ds.SourceImageSequence = [item]
+    item.add_new(0x00291010, "LO", "nested private Smithers")
+    ds.ViewCodeSequence = [item]  # a sequence the profile keeps: its items are cleaned all the same
+    ds.SourceImageSequence = [Dataset()]  # X/Z/U* in the table: removed
+    ds.SourceImageSequence[0].ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.2"
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     clean = deidentify_dicom(buffer.getvalue(), KEY)
     assert clean[128:132] == b"DICM"  # a complete file now
     out = _read(clean)
     assert 0x00091010 not in out
-    nested = out.SourceImageSequence[0]
+    assert "SourceImageSequence" not in out
+    nested = out.ViewCodeSequence[0]
+    assert 0x00291010 not in nested
     assert str(nested.PatientName) == Pseudonymiser(KEY).patient_name("Nested^Name")
     assert nested.ReferencedSOPInstanceUID == Pseudonymiser(KEY).uid("1.2.826.0.1.3680043.99.1")
-    for needle in (b"Smithers", b"Nested^Name", b"SEQ-PATIENT-9"):
+    for needle in (b"Smithers", b"Nested^Name", b"SEQ-PATIENT-9", b"3680043.99"):
         assert needle not in clean
 
 
@@ -107,7 +113,9 @@ def test_deidentify_upload_rereads_metadata_and_leaves_png_alone() -> None:
     original = dicom_from_array(_grey(), metadata=IDENTIFIERS)
     info = inspect_image(original, limits)
     assert info.metadata is not None and info.metadata.patient_id == "MRN-778812"
-    clean, clean_info = deidentify_upload(original, info, KEY, limits)
+    clean = deidentify_upload(original, info, KEY, limits)
+    clean_info = clean.info
+    assert clean.burned_in is False  # a DX that does not say otherwise
     assert clean_info.metadata is not None
     assert clean_info.metadata.patient_id == Pseudonymiser(KEY).patient_id("MRN-778812")
     assert clean_info.metadata.study_date is None
@@ -116,4 +124,61 @@ def test_deidentify_upload_rereads_metadata_and_leaves_png_alone() -> None:
     Image.fromarray(_grey(), mode="L").save(buffer, format="PNG")
     png = buffer.getvalue()
     png_info = inspect_image(png, limits)
-    assert deidentify_upload(png, png_info, KEY, limits) == (png, png_info)
+    assert deidentify_upload(png, png_info, KEY, limits) == DeidentifiedUpload(png, png_info, None)
+
+
+# What an attack on the running service found left in a stored file: each gone now.
+FOUND_LEFT = {
+    "MedicalAlerts": "HIV positive John Doe", "Allergies": "Penicillin John Doe", "PatientState": "Doe state",
+    "SpecialNeeds": "Doe needs", "PlacerOrderNumberImagingServiceRequest": "PLACER-DOE",
+    "FillerOrderNumberImagingServiceRequest": "FILLER-DOE", "DischargeDiagnosisDescription": "Doe discharge",
+    "IssuerOfAdmissionID": "Doe issuer", "ServiceEpisodeDescription": "Doe episode", "StationName": "DOESTATION",
+    "GantryID": "DOEGANTRY", "CassetteID": "DOECASSETTE", "GeneratorID": "DOEGENERATOR",
+    "DeviceUID": "1.2.826.0.1.3680043.10.777.1",
+}
+
+
+def test_what_was_found_left_in_a_stored_file_is_gone() -> None:
+    original = dicom_from_array(_grey(), metadata=FOUND_LEFT)
+    ds = _read(original)
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated, icon.PixelData = 1, 4, 8, b"DoeI"
+    ds.IconImageSequence = [icon]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert b"John Doe" in buffer.getvalue() and b"DoeI" in buffer.getvalue()
+    clean = deidentify_dicom(buffer.getvalue(), KEY)
+    for needle in (b"Doe", b"DOE", b"3680043.10.777"):
+        assert needle not in clean
+    out = _read(clean)
+    assert "IconImageSequence" not in out and "MedicalAlerts" not in out
+    assert out.DeviceUID == Pseudonymiser(KEY).uid(FOUND_LEFT["DeviceUID"])  # U: replaced, consistently
+
+
+def test_the_profile_table_is_the_whole_standard_table() -> None:
+    single, masked = deid_profile.table()
+    assert len(single) > 600 and len(masked) == 3  # curves, overlay data, overlay comments
+    tag = pydicom.datadict.tag_for_keyword
+    assert deid_profile.action_for(tag("PatientName")) == "Z"
+    assert deid_profile.action_for(tag("StudyInstanceUID")) == "U"
+    assert deid_profile.action_for(tag("StationName")) == "X/Z/D"
+    assert deid_profile.action_for(tag("SourceImageSequence")) == "X/Z/U*"
+    assert deid_profile.action_for(0x60023000) == "X"  # overlay data of any 60xx group
+    for kept in ("Modality", "PhotometricInterpretation", "ViewPosition", "BodyPartExamined", "WindowCenter",
+                 "RescaleSlope", "BurnedInAnnotation", "PixelData", "Rows", "SOPClassUID"):
+        assert deid_profile.action_for(tag(kept)) is None, kept
+
+
+@pytest.mark.parametrize(("fields", "flagged"), [
+    ({"BurnedInAnnotation": "YES", "Modality": "DX"}, True),
+    ({"BurnedInAnnotation": "NO", "Modality": "US"}, False),
+    ({"Modality": "DX"}, False),
+    ({"Modality": "US"}, True),
+    ({"Modality": "OT", "BurnedInAnnotation": "YES "}, True),
+    ({"Modality": "CR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.2"}, True),  # secondary capture
+])
+def test_burned_in_annotation_is_flagged(fields: dict[str, str], flagged: bool) -> None:
+    ds = Dataset()
+    for keyword, value in fields.items():
+        setattr(ds, keyword, value)
+    assert burned_in_annotation(ds) is flagged

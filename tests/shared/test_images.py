@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.dataset import Dataset
 
+from shared import png_fast, png_stream
 from shared.config import ImageLimits, MiB
 from shared.images import (
     DicomMetadata,
@@ -25,7 +26,7 @@ from shared.images import (
     sniff_format,
 )
 from tests.dicom_factory import DEFAULT_METADATA, dataset_bytes, dicom_from_png, png_pixels
-from tests.hostile_corpus import png_bomb
+from tests.hostile_corpus import png_bomb, png_rows_cut
 
 LIMITS = ImageLimits()
 
@@ -192,18 +193,54 @@ def test_pillow_bomb_warning_becomes_an_error_when_our_limit_is_looser() -> None
         inspect_image(png_bomb(side), ImageLimits(max_pixels=10**9))
 
 
-def test_inspect_does_not_decode_pixels(nih_small_png: Path) -> None:
-    """A PNG whose compressed data is garbage (chunks and CRCs intact) passes the header check only."""
+def test_inspect_inflates_but_does_not_decode_pixels(nih_small_png: Path) -> None:
+    """A PNG whose compressed data is garbage (chunks and CRCs intact) is refused at inspection: the
+    stream is inflated to count its rows (nothing is unfiltered), and the library's error stays chained."""
     data = nih_small_png.read_bytes()
     start = data.find(b"IDAT") - 4
     length = struct.unpack(">I", data[start:start + 4])[0]
     garbage = bytes(np.random.default_rng(3).integers(0, 256, length, dtype=np.uint8))
     chunk = data[start:start + 4] + b"IDAT" + garbage + struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
     broken = data[:start] + chunk + data[start + 12 + length:]
-    assert inspect_image(broken, LIMITS) == ImageInfo("png", 512, 512, None)
-    with pytest.raises(InvalidImage, match="^PNG file is truncated or corrupt$") as excinfo:
-        read_image(broken, LIMITS)
-    assert excinfo.value.__cause__ is not None  # the library's exception stays chained
+    for reader in (inspect_image, read_image):
+        with pytest.raises(InvalidImage, match="^PNG file is truncated or corrupt$") as excinfo:
+            reader(broken, LIMITS)
+        assert excinfo.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["stream-closed-early", "stream-cut"])
+def test_png_whose_pixel_stream_stops_early_is_refused(nih_small_png: Path, closed: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow alone decodes such a file and fills the missing rows with black: neither the fast
+    decoder nor the Pillow fallback may hand those pixels on, and the upload check refuses it."""
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    short = png_rows_cut(nih_small_png.read_bytes(), 100, closed=closed)
+    message = "^PNG image data is truncated: 100 of 512 rows$" if closed else \
+        r"^PNG image data is truncated: \d+ of 512 rows$"
+    with pytest.raises(InvalidImage, match=message):
+        inspect_image(short, LIMITS)
+    assert png_fast.decode_grey8(short) is None
+    with pytest.raises(InvalidImage, match=message):
+        read_image(short, LIMITS)
+    monkeypatch.setattr(png_fast, "_unfilter", None)  # the Pillow fallback alone
+    with pytest.raises(InvalidImage, match=message):
+        read_image(short, LIMITS)
+
+
+def test_pillow_only_pngs_and_interlaced_ones_are_checked_too(nih_small_png: Path) -> None:
+    """A 16-bit PNG (never the fast path) whose stream stops early; an interlaced one's count."""
+    grey = np.asarray(Image.open(nih_small_png).convert("L"), dtype=np.uint16) * 257
+    sixteen = _png_bytes(Image.fromarray(grey))
+    assert Image.open(io.BytesIO(sixteen)).mode.startswith("I;16")
+    short = png_rows_cut(sixteen, 40)
+    for reader in (inspect_image, read_image):
+        with pytest.raises(InvalidImage, match="^PNG image data is truncated: 40 of 512 rows$"):
+            reader(short, LIMITS)
+    assert read_image(sixteen, LIMITS).info.width == 512  # the whole file still reads
+    interlaced = struct.pack(">IIBBBBB", 512, 512, 8, 0, 0, 0, 1)  # Adam7: seven passes, 263,104 bytes
+    assert png_stream.shortfall(interlaced, [zlib.compress(b"\0" * 1000)]) == \
+        "PNG image data is truncated: 1,000 of 263,104 bytes of its interlaced rows"
+    assert png_stream.shortfall(interlaced, [zlib.compress(b"\0" * 263_104)]) is None
 
 
 def test_sniffing_ignores_names_and_refuses_unknown(nih_small_png: Path, tmp_path: Path) -> None:
@@ -347,8 +384,6 @@ def test_dicom_corrupt_compressed_pixels_fail_on_read_only(nih_small_png: Path) 
 
 def test_8bit_grey_png_goes_through_the_fast_decoder_with_pillows_pixels(nih_png: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import png_fast
-
     if not png_fast.AVAILABLE:
         pytest.skip(png_fast.describe())
     data = nih_png.read_bytes()
