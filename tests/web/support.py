@@ -91,3 +91,21 @@ def add_study(session: Session, batch: Batch, *, status: str = StudyStatus.DONE.
 
 def utc(hour: int, minute: int = 0) -> datetime:
     return datetime(2025, 1, 6, hour, minute, tzinfo=UTC)
+
+
+def mark_done(settings: Settings, study_id: int) -> None:
+    """Finish a study as far as the web can tell: status done and, for a DICOM, the display picture
+    the worker stores (`shared.display`), made from the stored original."""
+    from shared.display import display_png
+    from shared.images import read_image
+    from shared.storage import Storage
+
+    storage = Storage(settings.storage_dir)
+    with session_for(settings) as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.status = StudyStatus.DONE.value
+        if study.format == "dicom":
+            decoded = read_image(storage.read(study.stored_path), settings.limits)
+            study.display_path = storage.put_display(study_id, display_png(decoded))
+        session.commit()

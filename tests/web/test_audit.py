@@ -19,7 +19,7 @@ from shared.models import Review, Study
 from shared.models_accounts import AuditEvent, BatchUploader
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_array
-from tests.web.support import make_app, session_for
+from tests.web.support import make_app, mark_done, session_for
 
 SECRETS = {"PatientID": "PID-SECRET-4711", "PatientName": "Zyxwv^Secretname", "AccessionNumber": "ACCSECRET99"}
 KEY = "audit-test-secret-key-0123456789abcdef"
@@ -33,12 +33,6 @@ def _dicom(seed: int = 0) -> bytes:
 def _upload(client, account: Account, data: bytes, name: str = "Secretname_chest.dcm"):  # type: ignore[no-untyped-def]
     return client.post("/api/v1/batches", headers=account.headers, content_type="multipart/form-data",
                        data={"files": [(io.BytesIO(data), name)]})
-
-
-def _mark_done(settings: Settings, study_id: int) -> None:
-    with session_for(settings) as session:
-        session.get(Study, study_id).status = "done"  # type: ignore[union-attr]
-        session.commit()
 
 
 def _events(settings: Settings) -> list[AuditEvent]:
@@ -58,7 +52,7 @@ def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_lo
     body = response.get_json()
     study_id, batch_id = body["accepted"][0]["id"], body["batch_id"]
     assert client.get(f"/api/v1/batches/{batch_id}", headers=uploader.headers).status_code == 200
-    _mark_done(settings, study_id)
+    mark_done(settings, study_id)
     for url in (f"/studies/{study_id}", f"/api/v1/studies/{study_id}", f"/studies/{study_id}/image",
                 f"/api/v1/studies/{study_id}/export.json"):
         assert client.get(url, headers=radiologist.headers).status_code == 200, url
@@ -148,7 +142,7 @@ def test_a_search_is_audited_without_its_terms(settings: Settings, account_facto
     client = app.test_client()
     admin = account_factory("admin")
     study_id = _upload(client, admin, _dicom(3)).get_json()["accepted"][0]["id"]
-    _mark_done(settings, study_id)
+    mark_done(settings, study_id)
     for term in (SECRETS["PatientID"], "secretname"):
         csv = client.get(f"/api/v1/worklist.csv?q={term}&status=all&finding=", headers=admin.headers)
         assert csv.status_code == 200 and SECRETS["PatientID"] in csv.get_data(as_text=True)

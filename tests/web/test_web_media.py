@@ -13,12 +13,10 @@ from PIL import Image
 
 import shared.images
 from shared.config import Settings
-from shared.display import display_png
 from shared.gradcam import cam_sheet_png, heatmap_layer_png
-from shared.images import read_image
-from shared.models import Batch, Finding, Study
+from shared.models import Batch, Finding
 from shared.storage import Storage
-from tests.web.support import add_study, make_app, session_for, upload
+from tests.web.support import add_study, make_app, mark_done, session_for, upload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -89,12 +87,7 @@ def test_dicom_is_shown_through_its_display_picture(settings: Settings, png: byt
     # Until the worker has made its display picture, there is nothing to show (and nothing decoded here).
     waiting = client.get(f"/studies/{study_id}/image")
     assert waiting.status_code == 404 and "once the study is diagnosed" in waiting.get_data(as_text=True)
-    storage = Storage(settings.storage_dir)
-    with session_for(settings) as session:
-        study = session.get(Study, study_id)
-        decoded = read_image(storage.read(study.stored_path), settings.limits)
-        study.display_path = storage.put_display(study_id, display_png(decoded))  # what the worker stores
-        session.commit()
+    mark_done(settings, study_id)  # with the display picture the worker stores
 
     def no_decoding(*_: object, **__: object) -> None:
         raise AssertionError("the web decoded a DICOM to show it")
