@@ -97,6 +97,7 @@ def test_reads_are_refused_when_the_audit_cannot_be_written(settings: Settings,
     client = app.test_client()
     admin = account_factory("admin")
     study_id = _upload(client, admin, _dicom(1)).get_json()["accepted"][0]["id"]
+    mark_done(settings, study_id)
     from shared.db import make_engine
 
     engine = make_engine(settings.database_url)
