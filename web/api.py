@@ -40,6 +40,7 @@ from werkzeug.datastructures import FileStorage
 
 from shared import accounts
 from shared.accounts import READ_STUDIES
+from shared.intake import IntakeError, IntakeResult, Rejection, Upload, clean_label, ingest
 from shared.models import Batch
 from shared.queue import enqueue_diagnosis
 from web.archive import expand_zip, is_zip
@@ -47,7 +48,6 @@ from web.audit_hooks import audited_export
 from web.auth import current_user
 from web.context import db_session, services
 from web.export import csv_lines
-from web.intake import IntakeError, IntakeResult, Rejection, Upload, clean_label, ingest
 from web.params import MAX_ID
 from web.queries import batch_counts, batch_studies, study_with_findings
 from web.review import ReviewError, parse_review, record_review, review_json, reviews_of

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from web.intake import Rejection, Upload, sanitise_filename
+from shared.intake import Rejection, Upload, sanitise_filename
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 MiB = 1024 * 1024

@@ -9,8 +9,8 @@ import io
 import pytest
 
 from shared.config import Settings
+from shared.intake import clean_label
 from tests.web.support import make_app, upload
-from web.intake import clean_label
 
 
 def _png() -> bytes:

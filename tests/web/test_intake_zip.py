@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select
 
 from shared.config import Settings
+from shared.intake import Rejection, Upload
 from shared.models import Study
 from tests.web.support import make_app, session_for, upload
 from web.archive import ArchiveLimits, expand_zip
-from web.intake import Rejection, Upload
 
 
 @pytest.fixture

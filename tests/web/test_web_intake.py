@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import func, select
 
 from shared.config import Settings
+from shared.intake import sanitise_filename
 from shared.models import Batch, Study
 from shared.queue import TASK_DIAGNOSE
 from tests.web.support import RecordingProducer, make_app, session_for, stored_originals, upload
-from web.intake import sanitise_filename
 
 
 @pytest.fixture

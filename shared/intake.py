@@ -1,7 +1,8 @@
 """Bulk intake: validate each file by content, store it content-addressed, commit its Study row,
 and only then enqueue it. One bad file never fails the others; nothing accepted is ever lost.
 
-Pure logic (no Flask): `api.py` adapts the request to `Upload`s and the result to JSON.
+Pure logic (no Flask), shared by every way in: the web's upload (`web/api.py` adapts the request to
+`Upload`s and the result to JSON) and the DICOM receiver.
 """
 
 from __future__ import annotations
