@@ -10,6 +10,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 
+def default_var_dir() -> Path:
+    """`./var` of the folder the command runs in: state belongs to whoever starts the service, never to
+    the source checkout or site-packages (`make run` runs from the checkout, so its state is there)."""
+    return Path.cwd() / "var"
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -48,10 +54,10 @@ class ImageLimits:
 
 @dataclass(frozen=True)
 class Settings:
-    var_dir: Path = PROJECT_ROOT / "var"
+    var_dir: Path = field(default_factory=default_var_dir)
     database_url: str = ""
     redis_url: str | None = None  # None: `xray up` starts an embedded Redis server
-    storage_dir: Path = PROJECT_ROOT / "var" / "storage"
+    storage_dir: Path = field(default_factory=lambda: default_var_dir() / "storage")
     model_dir: Path = PROJECT_ROOT / "models" / "demo"
     secret_key: str = ""
     queue_name: str = "xray.diagnose"
@@ -88,7 +94,8 @@ class Settings:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build settings from environment variables (XRAY_* plus the usual service names)."""
     env = dict(os.environ if env is None else env)
-    var_dir = Path(env.get("XRAY_VAR_DIR") or PROJECT_ROOT / "var")
+    # Absolute, so that children started elsewhere (`xray up` passes it on) agree on one folder.
+    var_dir = Path(env.get("XRAY_VAR_DIR") or default_var_dir()).absolute()
     limits = ImageLimits(
         max_bytes=_int(env, "XRAY_MAX_FILE_BYTES", ImageLimits.max_bytes),
         max_pixels=_int(env, "XRAY_MAX_PIXELS", ImageLimits.max_pixels),
