@@ -44,7 +44,7 @@ def test_xray_up_runs_and_stops_cleanly(tmp_path: Path, nih_full_images: list[Pa
         assert len(descendants) >= 3  # redis, worker, web at least
 
         # Nobody is let in until the first admin exists, which the start-up message explains.
-        assert "xray user add NAME --role admin" in (tmp_path / "up.log").read_text()
+        assert " user add NAME --role admin" in (tmp_path / "up.log").read_text()
         files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in nih_full_images[:2]]
         assert requests.post(f"{base}/api/v1/batches", files=files, timeout=30).status_code == 401
         cli = [sys.executable, "-m", "cli.main", "user"]
