@@ -79,6 +79,10 @@ class Settings:
     production: bool = False
     session_cookie_secure: bool = False
     deidentify: bool = False
+    # Reverse proxies in front of the web whose X-Forwarded-For / X-Forwarded-Proto are believed, counted
+    # from the web outwards (XRAY_TRUSTED_PROXIES=1: one nginx). 0, the default, believes no header: the
+    # client's address is the connection's, so nobody can claim another one (docs/SECURITY.md).
+    trusted_proxies: int = 0
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -124,4 +128,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         production=(env.get("XRAY_ENV") or "").strip().lower() in {"production", "prod"},
         session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", False),
         deidentify=_bool(env, "XRAY_DEIDENTIFY", False),
+        trusted_proxies=_trusted_proxies(env),
     )
+
+
+def _trusted_proxies(env: dict[str, str]) -> int:
+    hops = _int(env, "XRAY_TRUSTED_PROXIES", Settings.trusted_proxies)
+    if not 0 <= hops <= 10:
+        raise ValueError(f"setting XRAY_TRUSTED_PROXIES is the number of proxies in front of the web (0-10), "
+                         f"got {hops}")
+    return hops
