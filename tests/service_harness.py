@@ -10,7 +10,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from shared.config import PROJECT_ROOT, Settings
 
@@ -86,3 +89,70 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not reached within {timeout_s:.0f} s. {describe()}")
         time.sleep(interval_s)
+
+
+@dataclass
+class UpService:
+    """A running `xray up` (see `xray_up`): its process, URL, environment and output."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    env: dict[str, str]
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def child(self, marker: str) -> psutil.Process:
+        """The direct child whose command line mentions `marker` ("redis-server", "worker", "gunicorn")."""
+        found = [p for p in psutil.Process(self.proc.pid).children() if marker in " ".join(p.cmdline())]
+        assert len(found) == 1, f"{marker}: {found}"
+        return found[0]
+
+    def descendants(self) -> set[int]:
+        return {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+
+    def admin_token(self, name: str = "first-admin") -> dict[str, str]:
+        """Create an admin with the CLI and return the headers of a fresh API token."""
+        cli = [sys.executable, "-m", "cli.main", "user"]
+        subprocess.run([*cli, "add", name, "--role", "admin", "--password-stdin"], env=self.env, cwd=PROJECT_ROOT,
+                       input=b"a long enough password\n", check=True, capture_output=True)
+        token = subprocess.run([*cli, "token", name], env=self.env, cwd=PROJECT_ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def xray_up(tmp_path: Path, bundle: Path, port: int, **extra: str) -> Iterator[UpService]:
+    """`xray up --port PORT` with the embedded Redis and its state under tmp_path/var, until it says it
+    is running. Afterwards it is stopped with Ctrl-C (SIGINT); when the body passed, it must exit 0
+    leaving no process it started behind."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "STORAGE_DIR"}}
+    env.update({"XRAY_VAR_DIR": str(tmp_path / "var"), "MODEL_DIR": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2",
+                **extra})
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port), "--workers", "1"],
+                                env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        service = UpService(proc, f"http://127.0.0.1:{port}", env, log_path)
+        descendants: set[int] = set()
+        try:
+            def says_running() -> bool:
+                assert proc.poll() is None, service.log_text()
+                return "is running: " in service.log_text()
+
+            wait_until(says_running, 180, describe=lambda: service.log_text()[-3000:])
+            descendants = service.descendants()
+            yield service
+            descendants |= service.descendants()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+    assert code == 0, service.log_text()[-3000:]
+    time.sleep(0.5)
+    left = [pid for pid in descendants if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert left == [], f"processes left behind: {left}"

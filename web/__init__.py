@@ -74,4 +74,15 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     for blueprint in (api.bp, pages.bp, media.bp, health.bp):
         app.register_blueprint(blueprint)
     register_audit(app)
+    trust_proxies(app, settings.trusted_proxies)
     return app
+
+
+def trust_proxies(app: Flask, hops: int) -> None:
+    """Behind `hops` reverse proxies, take the client's address and scheme from their X-Forwarded-For
+    and X-Forwarded-Proto (the entries the trusted proxies added, never one a client wrote); with 0,
+    from the connection only. The login limit and the audit's addresses read `request.remote_addr`."""
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
