@@ -81,6 +81,12 @@ class Settings:
     # from the web outwards (XRAY_TRUSTED_PROXIES=1: one nginx). 0, the default, believes no header: the
     # client's address is the connection's, so nobody can claim another one (docs/SECURITY.md).
     trusted_proxies: int = 0
+    # The DICOM receiver (gateway.receiver): its AE title, address, and the calling AE titles it
+    # accepts (empty: none; "*": any).
+    dicom_aet: str = "XRAY"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    dicom_allowed_aets: tuple[str, ...] = ()
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -125,6 +131,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", False),
         deidentify=_bool(env, "XRAY_DEIDENTIFY", False),
         trusted_proxies=_trusted_proxies(env),
+        dicom_aet=(env.get("XRAY_DICOM_AET") or "XRAY").strip(),
+        dicom_host=env.get("XRAY_DICOM_HOST") or "0.0.0.0",
+        dicom_port=_int(env, "XRAY_DICOM_PORT", Settings.dicom_port),
+        dicom_allowed_aets=tuple(t.strip() for t in (env.get("XRAY_DICOM_ALLOWED_AETS") or "").split(",") if t.strip()),
     )
 
 

@@ -1,0 +1,55 @@
+"""`xray dicom listen [--port P] [--host H]`: the DICOM receiver (gateway.receiver) on REDIS_URL and
+DATABASE_URL, storing into STORAGE_DIR, with XRAY_DICOM_AET / XRAY_DICOM_PORT / XRAY_DICOM_ALLOWED_AETS."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dicom", help="DICOM networking: the receiver for PACS and modalities")
+    commands = parser.add_subparsers(dest="dicom_command", metavar="COMMAND", required=True)
+    listen = commands.add_parser("listen", help="receive chest X-rays by C-STORE and queue them like uploads")
+    listen.add_argument("--port", type=int, help="port (default XRAY_DICOM_PORT, 11112)")
+    listen.add_argument("--host", help="address to listen on (default XRAY_DICOM_HOST, 0.0.0.0)")
+    listen.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.receiver import serve
+    from shared.config import load_settings
+    from shared.db import make_engine, make_session_factory
+    from shared.migrate import current, head
+    from shared.queue import enqueue_diagnosis, make_celery
+    from shared.storage import Storage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    changes = {k: v for k, v in (("dicom_port", args.port), ("dicom_host", args.host)) if v is not None}
+    settings = settings.with_overrides(**changes)
+    if not settings.redis_url:
+        print("xray dicom listen: REDIS_URL is not set: point it at the Redis server the workers read", file=sys.stderr)
+        return 2
+    try:
+        revision = current(settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - reported to the operator
+        print(f"xray dicom listen: cannot reach the database (DATABASE_URL): {exc}", file=sys.stderr)
+        return 2
+    if revision != head():
+        print(f"xray dicom listen: the database schema is at {revision or 'nothing'}, not {head()}: "
+              "run `xray db upgrade`", file=sys.stderr)
+        return 2
+    celery = make_celery(settings, settings.redis_url)
+    engine = make_engine(settings.database_url)
+    print(f"xray dicom listen: AE {settings.dicom_aet} on {settings.dicom_host}:{settings.dicom_port}, "
+          f"calling AEs allowed: {', '.join(settings.dicom_allowed_aets) or 'none'}", flush=True)
+    try:
+        serve(settings, make_session_factory(engine), Storage(settings.storage_dir),
+              lambda study_id: enqueue_diagnosis(celery, study_id))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.dispose()
+    return 0
