@@ -120,7 +120,7 @@ def first_admin_hint(database_url: str) -> str:
     from sqlalchemy import func, select
 
     from shared.db import make_engine
-    from shared.models_accounts import User
+    from shared.models import User
 
     engine = make_engine(database_url)
     try:
@@ -140,7 +140,7 @@ def first_admin_hint(database_url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.migrate import upgrade
+    from migrations import upgrade
 
     settings = load_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The audit trail of the web: an after_request hook that turns successful requests to the endpoints
-in `AUDITED` into AuditEvent rows (shared.audit), and records who uploaded into which batch.
+in `AUDITED` into AuditEvent rows (web.audit), and records who uploaded into which batch.
 
 Reads (view, export) fail closed: if the event cannot be written, the client gets a 500 instead of
 the data. Writes (upload, review) have already happened when the hook runs: a failure is logged
@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import accounts, audit
+from shared import accounts
 from shared.db import session_scope
 from shared.models import Study
+from web import audit
 from web.auth import actor, current_user
 from web.context import db_session, services
 

@@ -38,10 +38,11 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as BaseResponse
 
-from shared import accounts, audit
+from shared import accounts
 from shared.accounts import BATCHES_ALL, EXPORT, READ_STUDIES, REVIEW, UPLOAD, LoginLimits
 from shared.config import Settings
-from shared.models_accounts import Role, User
+from shared.models import Role, User
+from web import audit
 from web.context import db_session
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ BATCH_TIMEOUT_S = 600.0
 
 
 def _run_batch(settings: Settings, redis_url: str, bundle: Path, images: list[Path], tmp_path: Path) -> None:
-    from shared.migrate import upgrade
+    from migrations import upgrade
     from shared.queue import make_celery
     from web import create_app
 

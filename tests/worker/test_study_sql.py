@@ -13,8 +13,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 import worker.processing as processing
+from migrations import upgrade
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from worker.study_sql import StudySql, study_sql
 

@@ -26,9 +26,9 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.migrate import upgrade
 from shared.models import Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.storage import Storage

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models_accounts import AuditEvent
+from shared.models import AuditEvent
 
 UPLOAD = "upload"
 VIEW = "view"
