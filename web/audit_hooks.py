@@ -90,10 +90,6 @@ def register_audit(app: Flask) -> None:
         return response
 
 
-def audited_endpoints() -> dict[str, Any]:
-    return dict(AUDITED)
-
-
 def audited_export(rows: Iterable[Row], detail: dict[str, Any], chunk: int = EXPORT_CHUNK) -> Iterator[Row]:
     """Pass (study, ...) rows through, recording an `export` event per study before its rows leave: a
     chunk at a time, in its own transaction. If recording fails the export stops there (fail closed)."""

@@ -101,16 +101,6 @@ ACCESS: dict[str, Check] = {
 }
 
 
-def grant(endpoint: str, check: Check) -> None:
-    """For blueprints that own their access rule (the table above stays the one place to read)."""
-    ACCESS[endpoint] = check
-
-
-def permissions_needed() -> dict[str, str]:
-    """For docs and tests: endpoint -> a readable rule."""
-    return {name: getattr(check, "__name__", "") for name, check in ACCESS.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # Sessions and the secret key
 # ---------------------------------------------------------------------------------------------
