@@ -67,7 +67,7 @@ class Settings:
     inference_runtime: str = "tensorflow"
     inference_precision: str = "f32"
     triage_max_wait_minutes: float = 240.0
-    # Accounts and privacy (issue 6). `production` (XRAY_ENV=production) makes an empty SECRET_KEY an
+    # Accounts and privacy. `production` (XRAY_ENV=production) makes an empty SECRET_KEY an
     # error; `session_cookie_secure` forces the Secure cookie flag (set it behind a TLS-terminating
     # proxy; requests that arrive over https get it anyway); `deidentify` pseudonymises DICOM on intake.
     production: bool = False

@@ -1,24 +1,9 @@
 """De-identification of DICOM on intake (XRAY_DEIDENTIFY=1), after PS3.15 Annex E's Basic Application
-Confidentiality Profile, applied to the whole data set (so the stored original is de-identified too):
-
-- PatientID, PatientName, AccessionNumber: replaced by pseudonyms, HMAC-SHA256 of the value under a key
-  derived from SECRET_KEY. The same value always gives the same pseudonym (a patient's studies still
-  group together), and nobody without the key can compute or reverse one.
-- Instance UIDs (Study, Series, SOP Instance, Frame of Reference, any other `...InstanceUID`, and the
-  file meta's MediaStorageSOPInstanceUID): replaced by `2.25.<128-bit integer>` from the same HMAC,
-  so they stay consistent across the files of one study. Standard DICOM UIDs (`1.2.840.10008.*`,
-  transfer syntaxes, SOP classes) are kept.
-- Dates and times (every DA, DT and TM element, the birth date included): emptied. Nothing in this
-  service uses them (the worklist orders by upload time and urgency), shifting would still leak
-  intervals, and emptying is the profile's own default for StudyDate.
-- Other person names: emptied (ReferringPhysicianName, Type 2) or removed; ages removed; free text
-  (LT, ST, UT) removed; the identifying attributes listed below removed or emptied; private
-  attributes removed.
-- PatientIdentityRemoved = YES, DeidentificationMethod and its code sequence (DCM 113100) are added,
-  LongitudinalTemporalInformationModified = REMOVED.
-
-Not covered: text burned into the pixels (BurnedInAnnotation is kept so a reader can see the flag)
-and metadata inside PNG/JPEG files.
+Confidentiality Profile, applied to the whole data set so the stored original is de-identified too.
+Patient ID, name and accession number become keyed pseudonyms (HMAC-SHA256 under a key derived from
+SECRET_KEY: a patient's studies still group, nobody without the key can reverse one), instance UIDs
+become `2.25.<integer>` from the same HMAC, dates and other identifying attributes are emptied or
+removed. The full list, and what is not covered (burned-in text), is in docs/SECURITY.md.
 """
 
 from __future__ import annotations

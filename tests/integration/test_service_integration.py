@@ -1,4 +1,4 @@
-"""Issue 3, end to end inside one test: the Flask app (test client) uploads the 16 real NIH images
+"""End to end inside one test: the Flask app (test client) uploads the 16 real NIH images
 plus one broken file in one batch; a real `xray worker` process on the real Redis diagnoses them
 into a real database (SQLite, and the PostgreSQL on this machine); the JSON API serves the results."""
 
