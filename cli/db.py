@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from migrations import current, upgrade
     from shared.config import load_settings
-    from shared.migrate import current, upgrade
 
     settings = load_settings()
     try:
@@ -31,8 +31,8 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(_args: argparse.Namespace) -> int:
+    from migrations import current, head
     from shared.config import load_settings
-    from shared.migrate import current, head
 
     settings = load_settings()
     try:

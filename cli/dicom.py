@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gateway.receiver import serve
+    from migrations import current, head
     from shared.config import load_settings
     from shared.db import make_engine, make_session_factory
-    from shared.migrate import current, head
     from shared.queue import enqueue_diagnosis, make_celery
     from shared.storage import Storage
 

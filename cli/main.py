@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-# Subcommand name -> module with `register(subparsers) -> None`; the module sets `func` on its parser.
-SUBCOMMANDS: dict[str, str] = {
-    "diagnose": "cli.diagnose",
-    "model": "cli.model",
-    "db": "cli.db",
-    "up": "cli.up",
-    "worker": "cli.worker",
-    "web": "cli.web",
-    "train": "cli.train",
-    "evaluate": "cli.evaluate",
-    "submit": "cli.submit",
-    "user": "cli.user",
-    "dicom": "cli.dicom",
-}
+from cli import db, diagnose, dicom, evaluate, model, submit, train, up, user, web, worker
+
+# Each module has `register(subparsers) -> None` and sets `func` on its parser; listed in help order.
+SUBCOMMANDS = (diagnose, model, db, up, worker, web, dicom, train, evaluate, submit, user)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xray", description="Diagnose My X-Ray: chest X-ray triage.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in SUBCOMMANDS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # subcommand not built yet
-            raise
+    for module in SUBCOMMANDS:
         module.register(subparsers)
     return parser
 

@@ -141,7 +141,7 @@ def first_admin_hint(settings: Settings, own_database_url: bool) -> str:
     from sqlalchemy import func, select
 
     from shared.db import make_engine
-    from shared.models_accounts import User
+    from shared.models import User
 
     engine = make_engine(settings.database_url)
     try:
@@ -165,7 +165,7 @@ def first_admin_hint(settings: Settings, own_database_url: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.migrate import upgrade
+    from migrations import upgrade
 
     settings = load_settings()
     own_database_url = bool(os.environ.get("DATABASE_URL"))

@@ -50,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _session() -> Session:
+    from migrations import upgrade
     from shared.config import load_settings
     from shared.db import make_engine, make_session_factory
-    from shared.migrate import upgrade
 
     settings = load_settings()
     upgrade(settings.database_url)
@@ -109,7 +109,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _list(_args: argparse.Namespace) -> int:
-    from shared.models_accounts import ApiToken, User
+    from shared.models import ApiToken, User
 
     with _session() as session:
         users = session.scalars(select(User).order_by(User.username)).all()

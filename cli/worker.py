@@ -24,8 +24,8 @@ def preflight(settings: object) -> str | None:
 
     Checks the environment without importing TensorFlow (the main process must not load the model).
     """
+    from migrations import current, head
     from shared.config import Settings
-    from shared.migrate import current, head
 
     assert isinstance(settings, Settings)
     if not settings.redis_url:

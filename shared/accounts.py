@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from shared.models_accounts import ApiToken, BatchUploader, LoginFailure, Role, User, WebSession
+from shared.models import ApiToken, BatchUploader, LoginFailure, Role, User, WebSession
 
 PASSWORD_METHOD = "scrypt"  # werkzeug's scrypt: n=2**15, r=8, p=1, 16-byte salt
 MIN_PASSWORD_LENGTH = 12

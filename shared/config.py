@@ -71,7 +71,7 @@ class Settings:
     inference_runtime: str = "auto"  # shared.runtime: auto | tensorflow | openvino
     inference_precision: str = "auto"  # auto | f32 | bf16
     triage_max_wait_minutes: float = 240.0
-    # Accounts and privacy (issue 6). `production` (XRAY_ENV=production) makes an empty SECRET_KEY an
+    # Accounts and privacy. `production` (XRAY_ENV=production) makes an empty SECRET_KEY an
     # error; `session_cookie_secure` forces the Secure cookie flag (set it behind a TLS-terminating
     # proxy; requests that arrive over https get it anyway); `deidentify` pseudonymises DICOM on intake.
     production: bool = False
@@ -87,13 +87,6 @@ class Settings:
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     dicom_allowed_aets: tuple[str, ...] = ()
-
-    @property
-    def sqlite_path(self) -> Path | None:
-        prefix = "sqlite:///"
-        if self.database_url.startswith(prefix):
-            return Path(self.database_url[len(prefix):])
-        return None
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,33 +1,11 @@
-"""De-identification of DICOM on intake (XRAY_DEIDENTIFY=1): the whole of DICOM PS3.15 Annex E's
-Basic Application Level Confidentiality Profile (Table E.1-1, `shared.deid_profile`), applied to the
-whole data set at every depth of nesting, so the stored original is de-identified too:
-
-- Each attribute of the table gets its action: X removed; Z emptied; D a dummy value (a UID: keyed,
-  below; a sequence or binary value, where no dummy can stand in: removed); U a new UID. Where the table
-  leaves a choice (X/Z, X/D, X/Z/D, X/Z/U*) the attribute is removed; Z/D is emptied.
-- PatientID, PatientName, AccessionNumber (Z, Z/D in the table) get a dummy that is a pseudonym instead:
-  HMAC-SHA256 of the value under a key derived from SECRET_KEY. The same value always gives the same
-  pseudonym (a patient's studies still group together), and nobody without the key can compute or
-  reverse one.
-- New UIDs are `2.25.<128-bit integer>` from the same HMAC: the same input UID gives the same new UID
-  in this installation, so the images of one study stay one study. Standard DICOM UIDs
-  (`1.2.840.10008.*`: SOP classes, transfer syntaxes) are kept.
-- All private attributes are removed; so are the Icon Image Sequence, overlays and curves (all in the
-  table). Kept sequences are cleaned item by item with the same rules.
-- Beyond the table, as a safety net for attributes it does not list (newer or unknown ones): any other
-  person name, age, free text (LT, ST, UT) or unknown public attribute (VR UN) is removed, every other
-  date and time emptied, every other instance UID replaced. The file meta is rebuilt from scratch
-  (transfer syntax, SOP class and instance only) and the 128-byte preamble zeroed.
-- PatientIdentityRemoved = YES, DeidentificationMethod and its code sequence (DCM 113100, the Basic
-  Profile) are added, LongitudinalTemporalInformationModified = REMOVED.
-
-Kept (not in the table): what reading and diagnosing the image needs (pixel data and its description,
-Modality, PhotometricInterpretation, rescale, window and VOI LUT, ViewPosition, BodyPartExamined, ...).
-No option of the profile that retains more (device identity, dates, descriptors, UIDs) is used.
-
-Not covered: text burned into the pixels. An image that declares BurnedInAnnotation YES, or lacks the
-statement and is of a kind that often carries such text (`LIKELY_BURNED_IN`), is flagged instead
-(`Deidentified.burned_in`), and the study says so. Metadata inside PNG/JPEG files is not touched.
+"""De-identification of DICOM on intake (XRAY_DEIDENTIFY=1): the whole of PS3.15 Annex E's Basic
+Application Level Confidentiality Profile (Table E.1-1, `shared.deid_profile`), applied at every depth
+of nesting, so the stored original is de-identified too. Patient ID, name and accession number become
+keyed pseudonyms (HMAC-SHA256 under a key derived from SECRET_KEY: a patient's studies still group,
+nobody without the key can reverse one); instance UIDs become `2.25.<integer>` from the same HMAC;
+private attributes, icons, overlays and curves are removed; attributes the table does not list are
+removed or emptied by their kind. Images that may carry burned-in text are flagged
+(`Deidentified.burned_in`). The full list is in docs/SECURITY.md.
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ from shared.config import ImageLimits
 from shared.db import describe_db_error, session_scope
 from shared.deid import BURNED_IN_WARNING, deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
-from shared.models import Batch, Study, StudyStatus
-from shared.models_accounts import BatchUploader
+from shared.models import Batch, BatchUploader, Study, StudyStatus
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)

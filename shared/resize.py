@@ -1,17 +1,11 @@
 """The model's resize: Pillow's bilinear filter (antialiased when shrinking), as two sparse products.
 
 `resize_grey(pixels, size)` gives what `Image.fromarray(float32).resize((size, size), BILINEAR)`
-gives, to float32 rounding (about 2e-7 on [0, 1]): the same filter weights, computed here the way
-Pillow computes them (`precompute_coeffs` in its Resample.c: each output pixel averages the input
-pixels within `scale` of its centre with a triangle weight, normalised to sum to 1), applied as
-`rows @ image @ columns.T` with scipy's sparse matrices. Two reasons not to call Pillow:
-
-- it reads uint8 levels directly: an 8-bit image need not be turned into a full-size float copy
-  first (for a 1024 px X-ray that copy alone costs more than the resize). The first product then
-  runs in `shared._resample` (C, optional: without it scipy converts the levels to float32 first);
-- it is faster for the same floats (0.7 versus 1.1 ms for 1024 -> 224 on the development machine).
-
-The weights for a pair of sizes are built once per process (a few hundred microseconds) and kept.
+gives, to float32 rounding (about 2e-7 on [0, 1]): Pillow's own filter weights (`precompute_coeffs`
+in its Resample.c), applied as `rows @ image @ columns.T`. Not Pillow itself, because this reads the
+uint8 levels directly (the first product runs in the optional C extension `shared._resample`), so a
+1024 px X-ray is never copied to floats first, and it is faster for the same result. The weights for
+a pair of sizes are built once per process.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Triage: how urgent a diagnosed study is, and when it is due on the worklist.
 
-Urgency is in [0, 1] and comes in two bands so that every study the model calls positive is ahead of
-every study it calls normal at the same completion time:
-
-- positive study: `0.5 + 0.5 * max URGENCY[label] * confidence` over its positive findings, where
-  `confidence = 0.8 + 0.2 * min(1, (probability - threshold) / (1 - threshold))`: the finding's weight
-  sets the order between findings, and how far past its threshold the probability is orders studies
-  with the same finding (a Pneumothorax at 0.99 before one at 0.41 against a 0.4 threshold);
-- normal study:   `0.5 * max URGENCY[label] * min(1, probability / threshold)` over all findings
-  (0 .. 0.5), a continuous score, so normal studies still order by how close they came to a
-  threshold, weighted by how serious that finding would be.
-
-The worklist orders done studies by `due_at = finished_at + max_wait * (1 - urgency)`. Every study is
-due at most `max_wait` after it finished, and a study finishing later is due no earlier than it
-finished: a normal study is overtaken by no study that completes after its due time (bounded wait,
-no starvation), while urgent studies that complete meanwhile still go first.
+Urgency is in [0, 1] in two bands, so every study the model calls positive is ahead of every study it
+calls normal at the same completion time; `due_at = finished_at + max_wait * (1 - urgency)` bounds
+every study's wait by `max_wait`, so no study starves behind urgent ones. The rule, with its formulas
+and that bound, is set out in docs/USING.md.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def postgres_url() -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Accounts (issue 6): every route but /healthz, /login and /static needs a user.
+# Accounts: every route but /healthz, /login and /static needs a user.
 # ---------------------------------------------------------------------------------------------
 
 TEST_PASSWORD = "test password 123"

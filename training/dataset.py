@@ -1,17 +1,11 @@
 """Images -> cached preprocessed arrays -> tf.data pipelines.
 
-Decoding is `shared.images.read_image_file` and preprocessing is `shared.classifier.preprocess`,
-the same calls the service makes, so the model is trained on exactly what it will be served.
-Each image is decoded and preprocessed once and cached: in memory, or, for data sets larger than
-memory (all of ChestX-ray14), in a float32 .npy file on disk that is memory-mapped (S*S*3*4 bytes
-per image: 602 KB at 224). Batches are gathered from the cache and, for training, lightly augmented
-inside tf.data.
-
-Augmentation: small rotations (+-5 degrees), shifts (+-5 %), brightness and contrast. No
-horizontal flip: chest anatomy is not left-right symmetric (the heart, aortic knuckle and gastric
-bubble are on the left; Cardiomegaly is judged by the heart's leftward extent), the films carry
-laterality markers, and a flipped film is an image the service never sees (dextrocardia is rare);
-flipping would also teach the heatmaps that a left-sided finding may sit on the right.
+Decoding and preprocessing are the service's own calls (`shared.images.read_image_file`,
+`shared.classifier.preprocess`), so the model is trained on exactly what it will be served. Each
+image is preprocessed once and cached, in memory or, for data sets larger than memory, in a
+memory-mapped float32 .npy file. Training batches are lightly augmented (small rotations, shifts,
+brightness and contrast), never flipped: chest anatomy is not left-right symmetric and the service
+never sees a flipped film.
 """
 
 from __future__ import annotations

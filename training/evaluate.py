@@ -18,7 +18,15 @@ from shared.config import ImageLimits
 from shared.findings import FINDINGS, index_of
 from training.dataset import load_arrays
 from training.labels import BBOX_FRAME, BoundingBox, LabelTable, read_boxes, read_labels
-from training.metrics import auroc, binary_counts, bootstrap_auroc_ci, iobb, nanmean, youden_threshold
+from training.metrics import (
+    auroc,
+    binary_counts,
+    bootstrap_auroc_ci,
+    iobb,
+    micro_scores,
+    nanmean,
+    youden_threshold,
+)
 from training.splits import Split, SplitError, split_by_patient, split_from_lists
 
 if TYPE_CHECKING:
@@ -102,14 +110,12 @@ def classification_metrics(
     mean AUROC over findings where it is defined, and micro-averaged precision/recall/F1."""
     per_finding: dict[str, dict[str, Any]] = {}
     aurocs: list[float] = []
-    total_tp = total_fp = total_fn = 0
     for k, label in enumerate(FINDINGS):
         y = predictions.targets[:, k]
         scores = predictions.probabilities[:, k]
         value = auroc(y, scores)
         low, high = bootstrap_auroc_ci(y, scores, n_resamples=n_resamples, seed=seed + k)
         counts = binary_counts(y, scores >= thresholds[label])
-        total_tp, total_fp, total_fn = total_tp + counts.tp, total_fp + counts.fp, total_fn + counts.fn
         aurocs.append(value)
         per_finding[label] = {
             "n_positive": int(y.sum()),
@@ -126,9 +132,8 @@ def classification_metrics(
             "fn": counts.fn,
             "tn": counts.tn,
         }
-    micro_p = total_tp / (total_tp + total_fp) if total_tp + total_fp else float("nan")
-    micro_r = total_tp / (total_tp + total_fn) if total_tp + total_fn else float("nan")
-    micro_f1 = 2 * total_tp / (2 * total_tp + total_fp + total_fn) if total_tp + total_fn else float("nan")
+    cut = np.array([thresholds[label] for label in FINDINGS])
+    micro_p, micro_r, micro_f1 = micro_scores(predictions.targets, predictions.probabilities >= cut)
     defined = [label for label, v in zip(FINDINGS, aurocs, strict=True) if not np.isnan(v)]
     return {
         "n_images": len(predictions.names),

@@ -1,8 +1,6 @@
-"""Evaluation maths in NumPy: AUROC (Mann-Whitney, ties counted half), ROC curve, bootstrap
-confidence intervals, Youden's J threshold, precision / recall / F1, and IoBB for localisation.
-
-Undefined values are NaN, never an exception: a finding with no positives (or no negatives) in a
-split has no AUROC.
+"""Evaluation measures on top of scikit-learn: AUROC, ROC curve and precision / recall / F1 that
+give NaN instead of raising where a split holds one class only, plus what scikit-learn lacks:
+Youden's J threshold, a percentile bootstrap interval of the AUROC, and IoBB for localisation.
 """
 
 from __future__ import annotations
@@ -11,6 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn import metrics as skm
+
+_BOOTSTRAP_CELLS = 2_000_000  # resampled rows ranked at once, so memory stays bounded on large splits
 
 
 def _binary(y_true: np.ndarray) -> np.ndarray:
@@ -20,9 +21,8 @@ def _binary(y_true: np.ndarray) -> np.ndarray:
     return y.astype(bool)
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties given their average rank."""
-    return rankdata(values, method="average")
+def _one_class(y: np.ndarray) -> bool:
+    return bool(y.all() or not y.any())
 
 
 def auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -31,33 +31,17 @@ def auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
     s = np.asarray(scores, dtype=np.float64).ravel()
     if len(s) != len(y):
         raise ValueError(f"{len(y)} labels but {len(s)} scores")
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float("nan") if _one_class(y) else float(skm.roc_auc_score(y, s))
 
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rates, true positive rates, thresholds), predicting positive when
     score >= threshold; the first point is (0, 0) at threshold +inf. Empty arrays when undefined."""
     y = _binary(y_true)
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if _one_class(y):
         empty = np.zeros(0)
         return empty, empty, empty
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted = s[order]
-    y_sorted = y[order]
-    last_of_value = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
-    tps = np.cumsum(y_sorted)[last_of_value]
-    fps = (last_of_value + 1) - tps
-    tpr = np.r_[0.0, tps / n_pos]
-    fpr = np.r_[0.0, fps / n_neg]
-    thresholds = np.r_[np.inf, s_sorted[last_of_value]]
+    fpr, tpr, thresholds = skm.roc_curve(y, np.asarray(scores, dtype=np.float64).ravel(), drop_intermediate=False)
     return fpr, tpr, thresholds
 
 
@@ -74,31 +58,34 @@ def youden_threshold(y_true: np.ndarray, scores: np.ndarray, default: float = 0.
 
 @dataclass(frozen=True)
 class BinaryCounts:
+    """Confusion counts and the scores at one threshold; a score with a zero denominator is NaN."""
+
     tp: int
     fp: int
     fn: int
     tn: int
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
-
-    @property
-    def f1(self) -> float:
-        denominator = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / denominator if denominator else float("nan")
+    precision: float
+    recall: float
+    f1: float
 
 
 def binary_counts(y_true: np.ndarray, predicted: np.ndarray) -> BinaryCounts:
     y = _binary(y_true)
     p = _binary(predicted)
-    return BinaryCounts(
-        tp=int(np.sum(y & p)), fp=int(np.sum(~y & p)), fn=int(np.sum(y & ~p)), tn=int(np.sum(~y & ~p))
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, p, labels=[False, True]).ravel())
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y, p, average="binary", zero_division=np.nan)
+    return BinaryCounts(tp, fp, fn, tn, float(precision), float(recall), float(f1))
+
+
+def micro_scores(targets: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """Micro-averaged (precision, recall, F1) over all findings of (N, findings) 0/1 arrays."""
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        _binary(targets).reshape(np.shape(targets)),
+        _binary(predicted).reshape(np.shape(predicted)),
+        average="micro",
+        zero_division=np.nan,
     )
+    return float(precision), float(recall), float(f1)
 
 
 def bootstrap_auroc_ci(
@@ -119,17 +106,33 @@ def bootstrap_auroc_ci(
     if np.isnan(auroc(y, s)) or min(int(y.sum()), int((~y).sum())) < min_per_class:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    values: list[float] = []
-    for _ in range(n_resamples):
-        rows = rng.integers(0, len(y), size=len(y))
-        value = auroc(y[rows], s[rows])
-        if not np.isnan(value):
-            values.append(value)
+    chunk = max(1, _BOOTSTRAP_CELLS // len(y))
+    values = np.concatenate(
+        [
+            resampled_aurocs(y, s, rng.integers(0, len(y), size=(min(chunk, n_resamples - start), len(y))))
+            for start in range(0, n_resamples, chunk)
+        ]
+    )
+    values = values[~np.isnan(values)]
     if len(values) < max(10, n_resamples // 10):
         return float("nan"), float("nan")
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def resampled_aurocs(y: np.ndarray, s: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The AUROC of each resample (one row of indices into y, s each), NaN where a resample holds
+    one class. All rows at once, as the Mann-Whitney U over average ranks: scikit-learn scores one
+    resample at a time at about 2 ms each, which made a 1000-resample interval over 14 findings
+    cost half a minute."""
+    labels = y[rows]
+    n_pos = labels.sum(axis=1).astype(np.float64)
+    n_neg = labels.shape[1] - n_pos
+    rank_sums = np.where(labels, rankdata(s[rows], axis=1), 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (rank_sums - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), values, np.nan)
 
 
 def iobb(truth: tuple[float, float, float, float], detected: tuple[float, float, float, float]) -> float:

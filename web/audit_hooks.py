@@ -1,5 +1,5 @@
 """The audit trail of the web: an after_request hook that turns successful requests to the endpoints
-in `AUDITED` into AuditEvent rows (shared.audit), and records who uploaded into which batch.
+in `AUDITED` into AuditEvent rows (web.audit), and records who uploaded into which batch.
 
 A view is recorded once per user, study and endpoint within VIEW_WINDOW: the study page polls its
 JSON every few seconds while a study is queued, and that is one look, not hundreds.
@@ -20,10 +20,10 @@ from flask import Flask, Response, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import accounts, audit
+from shared import accounts
 from shared.db import session_scope
-from shared.models import Study
-from shared.models_accounts import AuditEvent
+from shared.models import AuditEvent, Study
+from web import audit
 from web.auth import actor, current_user
 from web.context import db_session, services
 
@@ -107,10 +107,6 @@ def register_audit(app: Flask) -> None:
                 failed.status_code = 500
                 return failed
         return response
-
-
-def audited_endpoints() -> dict[str, Any]:
-    return dict(AUDITED)
 
 
 def audited_export(rows: Iterable[Row], detail: dict[str, Any], chunk: int = EXPORT_CHUNK) -> Iterator[Row]:

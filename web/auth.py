@@ -39,10 +39,11 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as BaseResponse
 
-from shared import accounts, audit
+from shared import accounts
 from shared.accounts import BATCHES_ALL, EXPORT, READ_STUDIES, REVIEW, UPLOAD, LoginLimits
 from shared.config import Settings
-from shared.models_accounts import Role, User
+from shared.models import Role, User
+from web import audit
 from web.context import db_session
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,6 @@ ACCESS: dict[str, Check] = {
     "api.export_batch": needs(EXPORT),
     "api.export_worklist": needs(EXPORT),
 }
-
-
-def grant(endpoint: str, check: Check) -> None:
-    """For blueprints that own their access rule (the table above stays the one place to read)."""
-    ACCESS[endpoint] = check
-
-
-def permissions_needed() -> dict[str, str]:
-    """For docs and tests: endpoint -> a readable rule."""
-    return {name: getattr(check, "__name__", "") for name, check in ACCESS.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Accounts and audit: users, API tokens (sha256), login failures (rate limiting), batch uploaders,
-audit events (as in shared/models_accounts.py).
+audit events (as in shared/models.py).
 
 Revision ID: 0003
 Revises: 0002

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.conftest import TEST_POSTGRES_ADMIN_URL

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
 from shared.models import Batch, Study
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage

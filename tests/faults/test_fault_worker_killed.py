@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.storage import Storage
 from tests.faults.support import (

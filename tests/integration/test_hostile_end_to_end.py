@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.images import sniff_format
-from shared.migrate import upgrade
 from shared.models import Batch, Study
 from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis, make_celery
 from shared.storage import Storage

@@ -28,9 +28,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from cli.up import free_port
+from migrations import upgrade
 from shared.config import PROJECT_ROOT, MiB, Settings
-from shared.migrate import upgrade
-from shared.models_accounts import AuditEvent
+from shared.models import AuditEvent
 from tests.conftest import Account
 from tests.service_harness import service_env, stop_process_group, wait_until
 from tests.web.support import session_for

@@ -1,4 +1,4 @@
-"""Issue 3, end to end inside one test: the Flask app (test client) uploads the 16 real NIH images
+"""End to end inside one test: the Flask app (test client) uploads the 16 real NIH images
 plus one broken file in one batch; a real `xray worker` process on the real Redis diagnoses them
 into a real database (SQLite, and the PostgreSQL on this machine); the JSON API serves the results."""
 
@@ -20,7 +20,7 @@ BATCH_TIMEOUT_S = 600.0
 
 
 def _run_batch(settings: Settings, redis_url: str, bundle: Path, images: list[Path], tmp_path: Path) -> None:
-    from shared.migrate import upgrade
+    from migrations import upgrade
     from shared.queue import make_celery
     from web import create_app
 

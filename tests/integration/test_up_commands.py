@@ -19,7 +19,7 @@ from sqlalchemy import select as sql_select
 from cli import up
 from shared.config import PROJECT_ROOT, load_settings
 from shared.db import make_engine, make_session_factory
-from shared.models_accounts import User
+from shared.models import User
 
 PASSWORD = "a long enough password"
 

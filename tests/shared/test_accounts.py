@@ -14,8 +14,7 @@ from shared import accounts
 from shared.accounts import AccountError, LoginLimits
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.models import Base
-from shared.models_accounts import ApiToken, LoginFailure, Role, User
+from shared.models import ApiToken, Base, LoginFailure, Role, User
 
 PASSWORD = "correct horse battery"
 

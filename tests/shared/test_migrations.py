@@ -11,11 +11,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from migrations import MIGRATIONS_DIR, alembic_config, current, head, upgrade
 from shared.db import make_engine
-from shared.migrate import current, head, migrations_dir, upgrade
 from shared.models import Base
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The CLI of the code under test (not whatever the environment has installed), run from elsewhere.
+_THIS_CHECKOUT = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT)}
 
 
 def _assert_matches_models(url: str) -> None:
@@ -58,7 +60,6 @@ def test_upgrade_sqlite_matches_models(tmp_path: Path) -> None:
 def test_downgrade_to_base_and_back(tmp_path: Path) -> None:
     from alembic import command
 
-    from shared.migrate import alembic_config
 
     url = f"sqlite:///{tmp_path / 'xray.db'}"
     upgrade(url)
@@ -80,10 +81,10 @@ def test_upgrade_postgres_matches_models(postgres_url: str) -> None:
 
 
 def test_migrations_located_without_current_directory(tmp_path: Path) -> None:
-    assert (migrations_dir() / "alembic.ini").is_file()
-    assert (migrations_dir() / "env.py").is_file()
+    assert (MIGRATIONS_DIR / "alembic.ini").is_file()
+    assert (MIGRATIONS_DIR / "env.py").is_file()
     db = tmp_path / "cli.db"
-    env = {"DATABASE_URL": f"sqlite:///{db}", "XRAY_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": f"sqlite:///{db}", "XRAY_VAR_DIR": str(tmp_path / "var"), **_THIS_CHECKOUT}
     run = subprocess.run(
         [sys.executable, "-m", "cli.main", "db", "upgrade"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
@@ -99,7 +100,7 @@ def test_migrations_located_without_current_directory(tmp_path: Path) -> None:
 
 
 def test_db_current_reports_unmigrated(tmp_path: Path) -> None:
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}", "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}", **_THIS_CHECKOUT}
     shown = subprocess.run(
         [sys.executable, "-m", "cli.main", "db", "current"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,

@@ -15,8 +15,7 @@ from sqlalchemy import select, text
 
 from shared.config import Settings
 from shared.deid import Pseudonymiser
-from shared.models import Review, Study
-from shared.models_accounts import AuditEvent, BatchUploader
+from shared.models import AuditEvent, BatchUploader, Review, Study
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_array
 from tests.web.support import make_app, mark_done, session_for

@@ -30,7 +30,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from shared.migrate import upgrade
+    from migrations import upgrade
     from shared.queue import make_celery
     from web import create_app
 

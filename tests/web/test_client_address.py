@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from shared.config import Settings, load_settings
-from shared.models_accounts import AuditEvent
+from shared.models import AuditEvent
 from tests.web.support import make_app, session_for
 
 PROXY = "10.0.0.5"  # the connection's address: the proxy's, or the client's when there is none

@@ -12,8 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from migrations import upgrade
 from shared.config import Settings
-from shared.migrate import upgrade
 from tests.conftest import TEST_PASSWORD, Account
 from tests.web.support import make_app
 from tests.web.test_auth_login import _csrf, _login

@@ -22,10 +22,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from migrations import upgrade
 from shared.config import PROJECT_ROOT, Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.gradcam import cam_from_png
-from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.runtime import resolve_auto

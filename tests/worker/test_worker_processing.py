@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, text, update
 
+from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.findings import FINDINGS, URGENCY
 from shared.gradcam import cam_from_png
-from shared.migrate import upgrade
 from shared.models import Batch, Finding, Study
 from shared.storage import FULL_MESSAGE, Storage, StorageError
 from shared.triage import due_at, triage, urgency

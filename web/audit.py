@@ -6,15 +6,13 @@ number, UID) and no file name ever goes into an audit row or a log line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models_accounts import AuditEvent
+from shared.models import AuditEvent
 
 UPLOAD = "upload"
 VIEW = "view"
@@ -46,29 +44,3 @@ def record(session: Session, actor: Actor, action: str, *, study_id: int | None 
         event.at = at
     session.add(event)
     return event
-
-
-def record_studies(session: Session, actor: Actor, action: str, study_ids: Iterable[int],
-                   batch_id: int | None = None, detail: dict[str, Any] | None = None) -> int:
-    """One event per study (an upload of 500 files is 500 rows: "who uploaded study 123" is one lookup)."""
-    count = 0
-    for study_id in study_ids:
-        record(session, actor, action, study_id=study_id, batch_id=batch_id, detail=detail)
-        count += 1
-    return count
-
-
-def events_for_study(session: Session, study_id: int) -> Sequence[AuditEvent]:
-    return session.scalars(
-        select(AuditEvent).where(AuditEvent.study_id == study_id).order_by(AuditEvent.at, AuditEvent.id)
-    ).all()
-
-
-def recent_events(session: Session, limit: int = 100, action: str | None = None,
-                  username: str | None = None) -> Sequence[AuditEvent]:
-    query = select(AuditEvent)
-    if action:
-        query = query.where(AuditEvent.action == action)
-    if username:
-        query = query.where(AuditEvent.username == username)
-    return session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
