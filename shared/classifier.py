@@ -148,11 +148,6 @@ def preprocess(pixels: np.ndarray, input_size: int) -> np.ndarray:
     return out
 
 
-def preprocess_batch(images: list[np.ndarray], input_size: int) -> np.ndarray:
-    """Stack `preprocess` of several greyscale images into (N, S, S, 3)."""
-    return np.stack([preprocess(p, input_size) for p in images]).astype(np.float32, copy=False)
-
-
 # ----------------------------------------------------------------------------- model
 
 
