@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, g, jsonify, request, stream_with_context, url_for
 from werkzeug.datastructures import FileStorage
 
 from shared import accounts
@@ -123,6 +123,7 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
         )
     except IntakeError as exc:
         return jsonify(error=exc.message), exc.status_code
+    g.intake_result = result  # for the audit (web.audit_hooks)
     body = _intake_json(result)
     if result.accepted and all(a.duplicate for a in result.accepted):
         return jsonify(body), 200

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 AUDITED: dict[str, str] = {
     "api.create_batch": audit.UPLOAD,
     "api.add_to_batch": audit.UPLOAD,
+    "dicomweb.store_instances": audit.UPLOAD,
     "pages.study": audit.VIEW,
     "api.get_study": audit.VIEW,
     "media.image": audit.VIEW,
@@ -49,20 +50,19 @@ EXPORT_CHUNK = 500
 VIEW_WINDOW = timedelta(minutes=10)
 
 
-def _record_upload(action: str, response: Response) -> None:
-    body = response.get_json(silent=True) or {}
-    batch_id = body.get("batch_id")
-    if not isinstance(batch_id, int):
+def _record_upload(action: str, _response: Response) -> None:
+    """Who uploaded which studies into which batch: from the intake's result the view left in `g`."""
+    result = g.get("intake_result")
+    if result is None or result.batch_id is None:
         return
     db = db_session()
     who = actor()
     user = current_user()
     if user is not None:
-        accounts.record_batch_uploader(db, batch_id, user.id)
-    for item in body.get("accepted") or []:
-        if isinstance(item, dict) and isinstance(item.get("id"), int):
-            detail = {"duplicate": True} if item.get("duplicate") else None
-            audit.record(db, who, action, study_id=item["id"], batch_id=batch_id, detail=detail)
+        accounts.record_batch_uploader(db, result.batch_id, user.id)
+    for item in result.accepted:
+        detail = {"duplicate": True} if item.duplicate else None
+        audit.record(db, who, action, study_id=item.study_id, batch_id=result.batch_id, detail=detail)
 
 
 def _seen_recently(study_id: int, endpoint: str) -> bool:

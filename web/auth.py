@@ -85,6 +85,7 @@ ACCESS: dict[str, Check] = {
     "auth.logout": anyone,
     "pages.upload": needs(UPLOAD),
     "api.create_batch": needs(UPLOAD),
+    "dicomweb.store_instances": needs(UPLOAD),
     "api.add_to_batch": batch_append,
     "api.get_batch": batch_progress,
     "pages.batch": batch_progress,
@@ -192,7 +193,7 @@ def _identify() -> None:
 
 
 def _is_api() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/dicomweb/"))
 
 
 def _unauthenticated() -> BaseResponse:

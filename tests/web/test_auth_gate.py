@@ -44,7 +44,7 @@ def test_every_rule_and_method_needs_a_login(settings: Settings) -> None:
                 assert response.status_code != 401 and "/login?next" not in response.headers.get("Location", ""), where
                 continue
             checked += 1
-            if url.startswith("/api/"):
+            if url.startswith(("/api/", "/dicomweb/")):
                 assert response.status_code == 401, where
                 if method != "HEAD":
                     assert "error" in response.get_json(), where
