@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--web-processes", type=int, default=2, help="gunicorn processes (default 2)")
+    parser.add_argument("--dicom-port", type=int, default=None,
+                        help="port of the DICOM receiver on --host (default XRAY_DICOM_PORT, 11112); 0 turns it off")
     parser.set_defaults(func=run)
 
 
@@ -164,6 +166,19 @@ def first_admin_hint(settings: Settings, own_database_url: bool) -> str:
             "Roles and tokens: docs/SECURITY.md.\n")
 
 
+def dicom_receiver(settings: Settings, env: dict[str, str], host: str, port: int) -> Child:
+    """`xray dicom listen` on `host`:`port`. On the loopback address only, any calling AE may send
+    (nothing outside this machine can reach it) unless XRAY_DICOM_ALLOWED_AETS says otherwise."""
+    env = dict(env)
+    if not settings.dicom_allowed_aets and host in ("127.0.0.1", "localhost", "::1"):
+        env["XRAY_DICOM_ALLOWED_AETS"] = "*"
+    allowed = env.get("XRAY_DICOM_ALLOWED_AETS") or "none: set XRAY_DICOM_ALLOWED_AETS"
+    print(f"xray up: DICOM receiver AE {settings.dicom_aet} on {host}:{port} (calling AEs allowed: {allowed})",
+          flush=True)
+    return Child("dicom", [sys.executable, "-m", "cli.main", "dicom", "listen", "--host", host, "--port", str(port)],
+                 env)
+
+
 def run(args: argparse.Namespace) -> int:
     from migrations import upgrade
 
@@ -197,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(args.workers)],
             env,
         ))
+        dicom_port = settings.dicom_port if args.dicom_port is None else args.dicom_port
+        if dicom_port:
+            supervisor.start(dicom_receiver(settings, env, args.host, dicom_port))
         supervisor.start(Child(
             "web",
             [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",

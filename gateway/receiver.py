@@ -80,6 +80,7 @@ class _Batches:
     """The batch each open association's images join (made by its first image)."""
 
     ids: dict[int, int] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # images received per association
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -110,13 +111,15 @@ def store_handler(settings: Settings, session_factory: sessionmaker[Session], st
         except Exception as exc:  # noqa: BLE001 - a malformed dataset: refuse this one instance
             log.warning("DICOM receiver: an instance could not be read (%s); refused", type(exc).__name__)
             return _failure(CANNOT_UNDERSTAND, "The dataset could not be read.")
+        calling = str(event.assoc.requestor.ae_title).strip()
         with batches.lock:
             batch_id = batches.ids.get(key)
+            number = batches.counts[key] = batches.counts.get(key, 0) + 1
         try:
             result = ingest(
-                [Upload("received.dcm", io.BytesIO(data))],
+                [Upload(f"{calling}-{number}.dcm", io.BytesIO(data))],  # a display name without identifiers
                 session_factory=session_factory, storage=storage, limits=settings.limits, enqueue=enqueue,
-                batch_id=batch_id, label=f"DICOM from {event.assoc.requestor.ae_title}" if batch_id is None else None,
+                batch_id=batch_id, label=f"DICOM from {calling}" if batch_id is None else None,
                 deidentify_key=settings.secret_key if settings.deidentify else None,
             )
         except IntakeError as exc:
@@ -129,13 +132,13 @@ def store_handler(settings: Settings, session_factory: sessionmaker[Session], st
         with batches.lock:
             batches.ids.setdefault(key, result.batch_id)  # type: ignore[arg-type]
         study = result.accepted[0]
-        log.info("DICOM receiver: study %d accepted from %s (batch %s)", study.study_id,
-                 event.assoc.requestor.ae_title, result.batch_id)
+        log.info("DICOM receiver: study %d accepted from %s (batch %s)", study.study_id, calling, result.batch_id)
         return SUCCESS
 
     def forget(event: Any) -> None:
         with batches.lock:
             batches.ids.pop(id(event.assoc), None)
+            batches.counts.pop(id(event.assoc), None)
 
     handle_store.forget = forget  # type: ignore[attr-defined]
     return handle_store

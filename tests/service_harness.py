@@ -123,16 +123,17 @@ class UpService:
 
 
 @contextmanager
-def xray_up(tmp_path: Path, bundle: Path, port: int, **extra: str) -> Iterator[UpService]:
-    """`xray up --port PORT` with the embedded Redis and its state under tmp_path/var, until it says it
-    is running. Afterwards it is stopped with Ctrl-C (SIGINT); when the body passed, it must exit 0
-    leaving no process it started behind."""
+def xray_up(tmp_path: Path, bundle: Path, port: int, dicom_port: int = 0, **extra: str) -> Iterator[UpService]:
+    """`xray up --port PORT --dicom-port DICOM_PORT` (0: no receiver) with the embedded Redis and its
+    state under tmp_path/var, until it says it is running. Afterwards it is stopped with Ctrl-C
+    (SIGINT); when the body passed, it must exit 0 leaving no process it started behind."""
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "STORAGE_DIR"}}
     env.update({"XRAY_VAR_DIR": str(tmp_path / "var"), "MODEL_DIR": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2",
                 **extra})
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port), "--workers", "1"],
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port), "--workers", "1",
+                                 "--dicom-port", str(dicom_port)],
                                 env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
         service = UpService(proc, f"http://127.0.0.1:{port}", env, log_path)
         descendants: set[int] = set()
