@@ -17,6 +17,7 @@ COPY worker ./worker
 COPY training ./training
 COPY migrations ./migrations
 COPY cli ./cli
+COPY gateway ./gateway
 COPY bench ./bench
 COPY setup.py ./
 # gcc only for the build of the two optional C kernels (setup.py): shared._png_unfilter and
