@@ -254,6 +254,35 @@ def test_database_down_before_claim_is_retried(storage, diagnoser, settings: Set
     engine.dispose()
 
 
+class BrieflyFullStorage(Storage):
+    """A disk that is full for the first `full_for` sheet writes, then has room again."""
+
+    def __init__(self, root: Path, full_for: int) -> None:
+        super().__init__(root)
+        self.full_for = full_for
+
+    def put_cam_sheet(self, study_id: int, data: bytes) -> str:
+        if self.full_for > 0:
+            self.full_for -= 1
+            raise StorageError(FULL_MESSAGE)
+        return super().put_cam_sheet(study_id, data)
+
+
+def test_a_disk_full_for_a_while_is_ridden_out_with_the_default_settings(db, diagnoser, tmp_path: Path,
+                                                                          nih_full_images: list[Path]) -> None:
+    """Defaults (no overrides): a disk full through three attempts, and through the retries' waits
+    between them (at least a minute), still ends with the study done, not failed."""
+    settings = Settings(database_url=str(db.kw["bind"].url), storage_dir=tmp_path / "storage")
+    storage = BrieflyFullStorage(settings.storage_dir, full_for=3)
+    study_id = add_study(db, storage, nih_full_images[1].read_bytes())
+    for _ in range(3):
+        with pytest.raises(RetryLater):
+            process_study(db, storage, diagnoser, study_id, settings=settings)
+    assert sum(retry_delay_s(n) for n in range(3)) >= 30
+    assert sum(retry_delay_s(n) for n in range(settings.max_attempts - 1)) >= 60
+    assert process_study(db, storage, diagnoser, study_id, settings=settings).status == "done"
+
+
 def test_retry_backoff_is_exponential_and_bounded() -> None:
     assert [retry_delay_s(n) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
 
