@@ -18,9 +18,9 @@ def test_healthy_with_worker_model_versions(settings: Settings, redis_url: str) 
     client = redis.Redis.from_url(redis_url)
     keys = [heartbeat_key(settings, name) for name in ("host-a.1", "host-b.2")]
     beats = [
-        {"model_version": "1f2e3d4c5b6a7980", "model_trained": True, "runtime": "tensorflow", "pid": 11,
+        {"model_version": "1f2e3d4c5b6a7980", "model_trained": True, "runtime": "tensorflow-f32", "pid": 11,
          "at": time.time()},
-        {"model_version": "0a0b0c0d0e0f0102", "model_trained": False, "runtime": "openvino", "pid": 12,
+        {"model_version": "0a0b0c0d0e0f0102", "model_trained": False, "runtime": "openvino-bf16", "pid": 12,
          "at": time.time()},
     ]
     try:
@@ -34,7 +34,8 @@ def test_healthy_with_worker_model_versions(settings: Settings, redis_url: str) 
         assert body["checks"] == {"database": {"ok": True}, "redis": {"ok": True}}
         assert body["model_versions"] == ["0a0b0c0d0e0f0102", "1f2e3d4c5b6a7980"]
         assert [(w["name"], w["model_trained"], w["runtime"]) for w in body["workers"]] == [
-            ("host-a.1", True, "tensorflow"), ("host-b.2", False, "openvino")]
+            ("host-a.1", True, "tensorflow-f32"), ("host-b.2", False, "openvino-bf16")]
+        assert body["runtimes"] == ["openvino-bf16", "tensorflow-f32"]
         assert body["queue_length"] == 0
     finally:
         client.delete(*keys)

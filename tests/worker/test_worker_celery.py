@@ -140,6 +140,7 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
             runtime = "-".join(resolve_auto("auto", "auto"))
             assert beats[0]["model_trained"] is False and beats[0]["runtime"] == runtime
             assert beats[0]["pid"] != proc.pid
+            assert f"each with its own model, on {runtime}" in log_path.read_text()  # the start line says it
             os.killpg(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, describe()
         # A clean stop removes the heartbeat.
