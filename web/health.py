@@ -34,7 +34,7 @@ def _check_database(svc: Services) -> dict[str, Any]:
     return {"ok": True}
 
 
-def _workers(svc: Services) -> list[dict[str, Any]]:
+def worker_heartbeats(svc: Services) -> list[dict[str, Any]]:
     client = svc.redis()
     keys = []
     for key in client.scan_iter(match=heartbeat_pattern(svc.settings), count=200):
@@ -71,7 +71,7 @@ def healthz() -> tuple[Response, int]:
     queue_length = None
     try:
         svc.redis().ping()
-        workers = _workers(svc)
+        workers = worker_heartbeats(svc)
         queue_length = int(svc.redis().llen(svc.settings.queue_name))
         checks["redis"] = {"ok": True}
     except RuntimeError as exc:  # no REDIS_URL configured

@@ -4,6 +4,7 @@ come from the ORM metadata (the app itself never creates tables), and a recordin
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,3 +92,19 @@ def add_study(session: Session, batch: Batch, *, status: str = StudyStatus.DONE.
 
 def utc(hour: int, minute: int = 0) -> datetime:
     return datetime(2025, 1, 6, hour, minute, tzinfo=UTC)
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page carries (a form's hidden field, or the meta tag csrf.js reads)."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(
+        r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def log_in(client: FlaskClient, username: str, password: str, next_url: str = "") -> tuple[int, str]:
+    """Log in through the login form (a page session in the client's cookie): (status, Location)."""
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    response = client.post("/login", data={"username": username, "password": password, "csrf_token": token,
+                                           "next": next_url})
+    return response.status_code, response.headers.get("Location", "")
