@@ -42,6 +42,7 @@ def worker_heartbeats(svc: Services) -> list[dict[str, Any]]:
         if len(keys) >= MAX_HEARTBEATS:
             break
     workers = []
+    prefix = heartbeat_pattern(svc.settings).rstrip("*")
     for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
         if raw is None:  # expired between SCAN and MGET
             continue
@@ -53,7 +54,7 @@ def worker_heartbeats(svc: Services) -> list[dict[str, Any]]:
             continue
         name = key.decode() if isinstance(key, bytes) else str(key)
         workers.append({
-            "name": name.rsplit(":", 1)[-1],
+            "name": name.removeprefix(prefix),  # the worker's own name: host:pid
             "model_version": beat.get("model_version"),
             "model_trained": beat.get("model_trained"),
             "runtime": beat.get("runtime"),
