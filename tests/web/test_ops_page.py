@@ -84,7 +84,8 @@ def test_ops_json_and_page(settings: Settings, redis_url: str, account_factory: 
     _check(body, datetime.fromisoformat(body["at"]))
     assert body["queue"]["depth"] == 3 and body["workers_error"] is None
     [worker] = body["workers"]
-    assert (worker["name"], worker["runtime"], worker["model_version"]) == ("ward-host:42", "openvino-bf16", "resnet50-v7")
+    assert (worker["name"], worker["runtime"], worker["model_version"]) == (
+        "ward-host:42", "openvino-bf16", "resnet50-v7")
     assert 10 <= worker["last_heartbeat_age_s"] < 60
 
     html = http.get("/ops", headers=admin.headers).get_data(as_text=True)
