@@ -9,7 +9,7 @@ from sqlalchemy import Select, create_engine, func, select, text
 
 from bench.worklist import fill
 from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
+from shared.migrate import current, head, upgrade
 from shared.models import Base, Study
 from web.worklist import WorklistFilter, conditions, count, page_after
 
@@ -68,3 +68,34 @@ def test_tables_without_pg_trgm_are_made_without_the_indexes(postgres_url: str) 
         engine.dispose()
     assert "ix_studies_worklist" in names
     assert not {n for n in names if n.endswith("_trgm")}
+
+
+def test_a_role_that_may_not_create_the_extension_migrates_without_the_indexes(
+        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The service's role owns its schema but may not create extensions in the database: the migration
+    still reaches head, without the indexes, and says why and what to do."""
+    import uuid
+
+    role = f"xray_limited_{uuid.uuid4().hex[:8]}"
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            conn.execute(text(f'REVOKE CREATE ON DATABASE "{database}" FROM PUBLIC'))
+            conn.execute(text(f'ALTER SCHEMA public OWNER TO "{role}"'))
+        limited = postgres_url.replace("postgres@", f"{role}@", 1)
+        with caplog.at_level("WARNING"):
+            upgrade(limited)
+        assert current(limited) == head()
+        assert "pg_trgm could not be installed" in caplog.text and "CREATE EXTENSION pg_trgm" in caplog.text
+        with admin.connect() as conn:
+            names = {row[0] for row in conn.execute(text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'studies'"))}
+            assert "ix_studies_worklist" in names and not {n for n in names if n.endswith("_trgm")}
+            conn.execute(text('ALTER SCHEMA public OWNER TO postgres'))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
