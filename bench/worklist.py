@@ -2,9 +2,14 @@
 head, so the indexes are the ones production has) and time the first, middle and last page and
 filtered queries through the real API (Flask test client: query, count and JSON included).
 
-    python -m bench.worklist [--studies 100000] [--postgres URL] [--repeat 5]
+    python -m bench.worklist [--studies 100000] [--postgres URL] [--repeat 5] [--databases postgresql]
+                             [--before REVISION]
 
 The PostgreSQL database is created and dropped by the script (an admin URL, default the test server's).
+`--before REVISION` is the before/after guard of a schema change: the database is migrated to
+REVISION, filled and measured, upgraded to head (timed: index builds on a full table) and measured,
+then taken back to REVISION and measured once more, the same rows side by side: a difference within
+the two "before" columns is the machine's drift, not the change.
 """
 
 from __future__ import annotations
@@ -89,6 +94,20 @@ def database_env(url: str) -> dict[str, str]:
     return common.tree_env(common.PROJECT_ROOT, DATABASE_URL=url)
 
 
+def _api_token(url: str) -> str:
+    """A token of a new token-only admin, made in this process: `xray user` would first migrate the
+    database to head, and `--before` measures it at an older revision."""
+    from shared.accounts import create_user, issue_token
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        token = issue_token(session, create_user(session, f"bench-{uuid.uuid4().hex[:8]}", "admin", None), "bench")
+        session.commit()
+    engine.dispose()
+    return token
+
+
 def _time(client: Any, url: str, repeat: int) -> tuple[float, dict[str, Any]]:
     body: dict[str, Any] = {}
     samples = []
@@ -109,7 +128,7 @@ def measure(url: str, settings_dir: Path, repeat: int) -> list[tuple[str, float,
     settings = load_settings({"XRAY_VAR_DIR": str(settings_dir), "DATABASE_URL": url})
     app = create_app(settings, celery=object())  # type: ignore[arg-type]  # reads only: nothing is enqueued
     client = app.test_client()
-    token = common.api_token(common.PROJECT_ROOT, database_env(url))
+    token = _api_token(url)
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     rows: list[tuple[str, float, int]] = []
     ms, first = _time(client, "/api/v1/worklist?limit=50", repeat)
@@ -144,30 +163,73 @@ def measure(url: str, settings_dir: Path, repeat: int) -> list[tuple[str, float,
     return rows
 
 
+def _analyze(url: str) -> None:
+    engine = create_engine(url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def _bench_one(name: str, url: str, tmp: Path, args: argparse.Namespace) -> None:
+    upgrade = ["db", "upgrade"] + (["--revision", args.before] if args.before else [])
+    common.xray(common.PROJECT_ROOT, database_env(url), *upgrade)
+    t0 = time.perf_counter()
+    fill(url, args.studies)
+    print(f"\n{name}: {args.studies} studies filled in {time.perf_counter() - t0:.0f} s; "
+          f"median of {args.repeat} requests")
+    before = measure(url, tmp, args.repeat)
+    if not args.before:
+        print("| query | ms | rows/total |\n|---|---|---|")
+        for label, ms, count in before:
+            print(f"| {label} | {ms:.1f} | {count} |")
+        return
+    t0 = time.perf_counter()
+    common.xray(common.PROJECT_ROOT, database_env(url), "db", "upgrade")
+    _analyze(url)
+    print(f"upgraded from {args.before} to head on the full table in {time.perf_counter() - t0:.0f} s")
+    after = measure(url, tmp, args.repeat)
+    _downgrade(url, args.before)  # and once more before: what differs by more than the drift is the change
+    _analyze(url)
+    again = measure(url, tmp, args.repeat)
+    print(f"| query | ms at {args.before} | ms at head | ms at {args.before} again | rows/total |")
+    print("|---|---|---|---|---|")
+    for (label, ms_before, count), (_, ms_after, count_after), (_, ms_again, _) in zip(before, after, again,
+                                                                                          strict=True):
+        assert count == count_after, f"{label}: {count} rows before, {count_after} after"
+        print(f"| {label} | {ms_before:.1f} | {ms_after:.1f} | {ms_again:.1f} | {count} |")
+
+
+def _downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    from migrations import alembic_config
+
+    command.downgrade(alembic_config(url), revision)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--postgres", default=DEFAULT_PG_ADMIN, help="admin URL ('' to skip PostgreSQL)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--databases", default="sqlite,postgresql", help="which of sqlite,postgresql to measure")
+    parser.add_argument("--before", metavar="REVISION", help="measure at this schema revision, then at head")
     args = parser.parse_args()
+    wanted = {d.strip().lower() for d in args.databases.split(",") if d.strip()}
+    if not wanted <= {"sqlite", "postgresql"}:
+        parser.error(f"--databases takes sqlite and/or postgresql, got {args.databases!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        targets: list[tuple[str, str]] = [("SQLite", f"sqlite:///{tmp}/bench.db")]
+        targets: list[tuple[str, str]] = [("SQLite", f"sqlite:///{tmp}/bench.db")] if "sqlite" in wanted else []
         pg_name = f"xray_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT") if args.postgres else None
+        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT") \
+            if args.postgres and "postgresql" in wanted else None
         if admin is not None:
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
             targets.append(("PostgreSQL", args.postgres.rsplit("/", 1)[0] + f"/{pg_name}"))
         try:
             for name, url in targets:
-                common.xray(common.PROJECT_ROOT, database_env(url), "db", "upgrade")
-                t0 = time.perf_counter()
-                fill(url, args.studies)
-                print(f"\n{name}: {args.studies} studies filled in {time.perf_counter() - t0:.0f} s; "
-                      f"median of {args.repeat} requests")
-                print("| query | ms | rows/total |\n|---|---|---|")
-                for label, ms, count in measure(url, Path(tmp), args.repeat):
-                    print(f"| {label} | {ms:.1f} | {count} |")
+                _bench_one(name, url, Path(tmp), args)
         finally:
             if admin is not None:
                 with admin.connect() as conn:

@@ -18,7 +18,6 @@ import getpass
 import sys
 from collections.abc import Callable
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 
@@ -109,19 +108,19 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _list(_args: argparse.Namespace) -> int:
-    from shared.models import ApiToken, User
+    from shared.accounts import user_summaries
 
     with _session() as session:
-        users = session.scalars(select(User).order_by(User.username)).all()
-        if not users:
+        summaries = user_summaries(session)
+        if not summaries:
             print("no users yet: create the first admin with `xray user add NAME --role admin`")
             return 0
         print(f"{'username':<24} {'role':<12} {'active':<7} {'tokens':<7} last login")
-        for user in users:
-            tokens = sum(1 for t in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id))
-                         if t.revoked_at is None)
+        for summary in summaries:
+            user = summary.user
             last = user.last_login_at.strftime("%Y-%m-%d %H:%M") if user.last_login_at else "never"
-            print(f"{user.username:<24} {user.role:<12} {'yes' if user.active else 'no':<7} {tokens:<7} {last}")
+            print(f"{user.username:<24} {user.role:<12} {'yes' if user.active else 'no':<7} "
+                  f"{len(summary.tokens):<7} {last}")
     return 0
 
 

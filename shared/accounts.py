@@ -33,11 +33,12 @@ BATCHES_ALL = "batches_all"  # follow the progress of anybody's batch
 READ_STUDIES = "read_studies"  # worklist, study pages and JSON, images and heatmaps
 REVIEW = "review"
 EXPORT = "export"
-MANAGE_USERS = "manage_users"
+MANAGE_USERS = "manage_users"  # the users page: add, disable, enable, passwords, API tokens
+OPERATIONS = "operations"  # the operations page: queue, throughput, workers, failures
 PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.UPLOADER: frozenset({UPLOAD}),
     Role.RADIOLOGIST: frozenset({BATCHES_ALL, READ_STUDIES, REVIEW, EXPORT}),
-    Role.ADMIN: frozenset({UPLOAD, BATCHES_ALL, READ_STUDIES, REVIEW, EXPORT, MANAGE_USERS}),
+    Role.ADMIN: frozenset({UPLOAD, BATCHES_ALL, READ_STUDIES, REVIEW, EXPORT, MANAGE_USERS, OPERATIONS}),
 }
 
 
@@ -92,6 +93,24 @@ def hash_password(password: str) -> str:
 
 def find_user(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username))
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """A user as the lists show them (`xray user list`, the users page): with their live API tokens."""
+
+    user: User
+    tokens: list[ApiToken]
+
+
+def user_summaries(session: Session) -> list[UserSummary]:
+    """Every user by name, each with their unrevoked tokens (newest first), in two queries."""
+    users = session.scalars(select(User).order_by(User.username)).all()
+    live: dict[int, list[ApiToken]] = {user.id: [] for user in users}
+    for token in session.scalars(select(ApiToken).where(ApiToken.revoked_at.is_(None))
+                                 .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())):
+        live.setdefault(token.user_id, []).append(token)
+    return [UserSummary(user, live[user.id]) for user in users]
 
 
 def create_user(session: Session, username: str, role: Role | str, password: str | None) -> User:
@@ -212,6 +231,15 @@ def user_for_token(session: Session, token: str, touch: bool = True) -> User | N
             row.last_used_at = now
             session.commit()
     return row.user
+
+
+def revoke_token(session: Session, user: User, token_id: int) -> bool:
+    """Revoke one token of `user` (by its row id); False when it is not theirs or already revoked."""
+    row = session.get(ApiToken, token_id)
+    if row is None or row.user_id != user.id or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True
 
 
 def revoke_tokens(session: Session, user: User) -> int:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     Boolean,
+    Connection,
     DateTime,
     Float,
     ForeignKey,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -35,6 +37,25 @@ class StudyStatus(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+
+
+def _trigram_available(_ddl: object, _target: object, bind: Connection | None, **_kw: object) -> bool:
+    """Make a trigram index only on PostgreSQL with pg_trgm installed (migration 0008 installs it when
+    it may; `create_all` on a database without it makes the tables, not these indexes)."""
+    if bind is None or bind.dialect.name != "postgresql":
+        return False
+    return bind.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")).first() is not None
+
+
+def _trigram_index(name: str, column: str) -> Index:
+    """A GIN trigram index on lower(column), the expression the worklist search matches with LIKE."""
+    index = Index(name, func.lower(text(column)), postgresql_using="gin",
+                  postgresql_ops={"lower_1": "gin_trgm_ops"})
+    return index.ddl_if(dialect="postgresql", callable_=_trigram_available)
+
+
+TRIGRAM_INDEXES = (_trigram_index("ix_studies_patient_name_trgm", "patient_name"),
+                   _trigram_index("ix_studies_filename_trgm", "original_filename"))
 
 
 class Batch(Base):
@@ -60,6 +81,8 @@ class Study(Base):
               postgresql_where=text("status = 'done' AND reviewed_at IS NULL")),
         Index("ix_studies_status_due_id", "status", "due_at", "id"),
         Index("ix_studies_created_at", "created_at"),
+        # Migration 0008, PostgreSQL only: the worklist's search by part of a name (web/worklist.py).
+        *TRIGRAM_INDEXES,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -20,7 +20,15 @@ EXPORT = "export"
 REVIEW = "review"
 LOGIN = "login"
 LOGOUT = "logout"
-ACTIONS = (UPLOAD, VIEW, EXPORT, REVIEW, LOGIN, LOGOUT)
+# Account management on the users page (web/users.py); `detail` names the account acted on.
+USER_ADD = "user_add"
+USER_DISABLE = "user_disable"
+USER_ENABLE = "user_enable"
+USER_PASSWORD = "user_password"
+TOKEN_CREATE = "token_create"
+TOKEN_REVOKE = "token_revoke"
+ACCOUNT_ACTIONS = (USER_ADD, USER_DISABLE, USER_ENABLE, USER_PASSWORD, TOKEN_CREATE, TOKEN_REVOKE)
+ACTIONS = (UPLOAD, VIEW, EXPORT, REVIEW, LOGIN, LOGOUT, *ACCOUNT_ACTIONS)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ ACCESS: dict[str, Check] = {
     "api.export_study": needs(EXPORT),
     "api.export_batch": needs(EXPORT),
     "api.export_worklist": needs(EXPORT),
+    # The operations page and its JSON (web/ops.py); the users page (web/users.py).
+    "ops.page": needs(accounts.OPERATIONS),
+    "ops.status": needs(accounts.OPERATIONS),
+    **{f"users.{name}": needs(accounts.MANAGE_USERS) for name in (
+        "list_users", "add_user", "disable", "enable", "set_password", "make_token", "revoke_token")},
 }
 
 

@@ -34,7 +34,7 @@ def _check_database(svc: Services) -> dict[str, Any]:
     return {"ok": True}
 
 
-def _workers(svc: Services) -> list[dict[str, Any]]:
+def worker_heartbeats(svc: Services) -> list[dict[str, Any]]:
     client = svc.redis()
     keys = []
     for key in client.scan_iter(match=heartbeat_pattern(svc.settings), count=200):
@@ -42,6 +42,7 @@ def _workers(svc: Services) -> list[dict[str, Any]]:
         if len(keys) >= MAX_HEARTBEATS:
             break
     workers = []
+    prefix = heartbeat_pattern(svc.settings).rstrip("*")
     for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
         if raw is None:  # expired between SCAN and MGET
             continue
@@ -53,7 +54,7 @@ def _workers(svc: Services) -> list[dict[str, Any]]:
             continue
         name = key.decode() if isinstance(key, bytes) else str(key)
         workers.append({
-            "name": name.rsplit(":", 1)[-1],
+            "name": name.removeprefix(prefix),  # the worker's own name: host:pid
             "model_version": beat.get("model_version"),
             "model_trained": beat.get("model_trained"),
             "runtime": beat.get("runtime"),
@@ -71,7 +72,7 @@ def healthz() -> tuple[Response, int]:
     queue_length = None
     try:
         svc.redis().ping()
-        workers = _workers(svc)
+        workers = worker_heartbeats(svc)
         queue_length = int(svc.redis().llen(svc.settings.queue_name))
         checks["redis"] = {"ok": True}
     except RuntimeError as exc:  # no REDIS_URL configured

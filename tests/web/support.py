@@ -4,6 +4,7 @@ come from the ORM metadata (the app itself never creates tables), and a recordin
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,3 +110,19 @@ def mark_done(settings: Settings, study_id: int) -> None:
             decoded = read_image(storage.read(study.stored_path), settings.limits)
             study.display_path = storage.put_display(study_id, display_png(decoded))
         session.commit()
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page carries (a form's hidden field, or the meta tag csrf.js reads)."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(
+        r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def log_in(client: FlaskClient, username: str, password: str, next_url: str = "") -> tuple[int, str]:
+    """Log in through the login form (a page session in the client's cookie): (status, Location)."""
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    response = client.post("/login", data={"username": username, "password": password, "csrf_token": token,
+                                           "next": next_url})
+    return response.status_code, response.headers.get("Location", "")

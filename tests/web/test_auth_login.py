@@ -4,29 +4,15 @@ rate limit (429), shared by two app instances on one database as two gunicorn pr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from flask import Flask
-from flask.testing import FlaskClient
 
 from shared.config import Settings
 from tests.conftest import TEST_PASSWORD, Account
+from tests.web.support import csrf_of as _csrf
+from tests.web.support import log_in as _login
 from tests.web.support import make_app, session_for
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(
-        r'<meta name="csrf-token" content="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
-def _login(client: FlaskClient, username: str, password: str, next_url: str = "") -> tuple[int, str]:
-    token = _csrf(client.get("/login").get_data(as_text=True))
-    response = client.post("/login", data={"username": username, "password": password, "csrf_token": token,
-                                           "next": next_url})
-    return response.status_code, response.headers.get("Location", "")
 
 
 def _app(settings: Settings) -> Flask:

@@ -122,3 +122,100 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
         out.mkdir(parents=True, exist_ok=True)
         for shot in shots.glob("*.png"):
             shutil.copy(shot, out / shot.name)
+
+
+def test_admin_operations_and_users_pages(settings: Settings, redis_url: str, tmp_path: Path) -> None:
+    """An admin opens the operations page (the chart drawn by the server, the waiting queue, a worker's
+    heartbeat), then adds a user on the users page, gives them a token, and disables them: their
+    login is refused from then on. Every form posts with the session's CSRF token."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import redis
+
+    from migrations import upgrade
+    from shared.models import Batch
+    from shared.queue import heartbeat_key, make_celery
+    from tests.web.support import add_study, session_for
+    from web import create_app
+
+    settings = settings.with_overrides(redis_url=redis_url)
+    upgrade(settings.database_url)
+    admin = make_account(settings.database_url, "ops-admin", "admin")
+    now = datetime.now(UTC)
+    with session_for(settings) as session:
+        batch = Batch()
+        session.add(batch)
+        for i in range(40):  # a busy hour: a study every minute and a half, one failure in ten
+            finished = now - timedelta(seconds=90 * i)
+            add_study(session, batch, status="failed" if i % 10 == 3 else "done", error="not an image",
+                      created_at=finished - timedelta(seconds=20 + i), finished_at=finished, updated_at=finished)
+        add_study(session, batch, status="queued", created_at=now - timedelta(minutes=4), updated_at=now)
+        session.commit()
+    client = redis.Redis.from_url(redis_url)
+    client.rpush(settings.queue_name, b"waiting")
+    client.set(heartbeat_key(settings, "ward-host:7"), json.dumps({
+        "model_version": "demo-v1", "model_trained": True, "runtime": "openvino-bf16", "pid": 7,
+        "at": now.isoformat()}), ex=60)
+    app = create_app(settings, celery=make_celery(settings, redis_url))
+    shots = tmp_path / "screens"
+    shots.mkdir()
+    try:
+        with serve(app) as url, sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/login")
+            page.fill('input[name="username"]', admin.username)
+            page.fill('input[name="password"]', admin.password)
+            page.click('button[type="submit"]')
+            page.wait_for_url(url + "/worklist")
+
+            page.click("nav >> text=Operations")
+            page.wait_for_url(url + "/ops")
+            assert page.text_content("#queue-depth") == "1"
+            assert "waiting 4" in page.text_content("#oldest-queued")
+            assert page.locator("#throughput-chart rect.chart-done").count() == 60
+            assert "openvino-bf16" in page.text_content("#workers")
+            assert "not an image" in page.text_content("#failures")
+            page.screenshot(path=str(shots / "7-operations.png"), full_page=True)
+
+            page.click("nav >> text=Users")
+            page.wait_for_url(url + "/users")
+            page.fill('#add-user input[name="username"]', "nurse.b")
+            page.select_option('#add-user select[name="role"]', "uploader")
+            page.fill('#add-user input[name="password"]', "ward four password")
+            page.click('#add-user button[type="submit"]')
+            page.wait_for_selector('tr[data-user="nurse.b"]')
+            assert "User nurse.b added with role uploader" in page.text_content("main")
+            row = 'tr[data-user="nurse.b"]'
+            page.fill(f'{row} input[name="label"]', "ward scanner")
+            page.click(f"{row} >> text=New token")
+            token = page.text_content("#new-token-value") or ""
+            assert token.startswith("xray_")
+            page.screenshot(path=str(shots / "8-users-token.png"), full_page=True)
+            page.click(f'{row} button[value="disable"]')
+            page.wait_for_selector(f"{row} >> text=disabled")
+            assert page.locator(f'{row} button[value="enable"]').count() == 1
+            page.screenshot(path=str(shots / "9-users-disabled.png"), full_page=True)
+
+            other = browser.new_page()
+            other.goto(url + "/login")
+            other.fill('input[name="username"]', "nurse.b")
+            other.fill('input[name="password"]', "ward four password")
+            other.click('button[type="submit"]')
+            other.wait_for_selector("text=Wrong username or password")
+            assert errors == []
+            browser.close()
+        assert app.test_client().get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    finally:
+        delete_queue_keys(redis_url, settings.queue_name)
+        out = PROJECT_ROOT / "test-output" / "browser"
+        out.mkdir(parents=True, exist_ok=True)
+        for shot in shots.glob("*.png"):
+            shutil.copy(shot, out / shot.name)
