@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
     from web.errors import register_error_handlers
+    from web.metrics import register_metrics
     from web.security import register_security
 
     settings = settings or load_settings()
@@ -70,4 +71,5 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     for blueprint in (api.bp, pages.bp, media.bp, health.bp):
         app.register_blueprint(blueprint)
     register_audit(app)
+    register_metrics(app)
     return app

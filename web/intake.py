@@ -24,6 +24,7 @@ from shared.deid import deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.models import Batch, Study, StudyStatus
 from shared.storage import Storage, StorageError
+from web.metrics import count_intake
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Upload:
 class Rejection:
     filename: str
     reason: str
+    category: str = "invalid_image"  # one of web.metrics.REJECTION_REASONS
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ def ingest(
             result.accepted.append(AcceptedStudy(
                 study.id, slot.name, study.status, enqueued[slot.pending_index] and not slot.duplicate,
                 slot.duplicate, result.batch_id))
+    count_intake(result)
+    log.info("batch %s: %d file(s) accepted, %d refused", result.batch_id, len(result.accepted), len(result.rejected),
+             extra={"batch_id": result.batch_id})
     return result
 
 
@@ -217,7 +222,8 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     data = _read_capped(upload.stream, limits.max_bytes)
     if data is None:
         result.rejected.append(Rejection(
-            name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image."))
+            name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image.",
+            "too_large"))
         return None
     try:
         info = inspect_image(data, limits)
@@ -227,7 +233,7 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     except Exception:  # a bug reading one file must not fail the others
         # File names can name patients: the log names the upload by content hash only.
         log.exception("inspecting an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
-        result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
+        result.rejected.append(Rejection(name, "The file could not be read as an X-ray image.", "unreadable"))
         return None
     stored_name = name
     if deidentify_key is not None:
@@ -236,7 +242,8 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
         except Exception:
             log.exception("de-identifying an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
             result.rejected.append(Rejection(name, "The DICOM file could not be de-identified, so it was not "
-                                                   "stored. Check that it opens in a DICOM viewer."))
+                                                   "stored. Check that it opens in a DICOM viewer.",
+                                             "deidentify_failed"))
             return None
         stored_name = f"study-{hashlib.sha256(data).hexdigest()[:12]}.{EXTENSIONS[info.format]}"
     digest = hashlib.sha256(data).hexdigest()

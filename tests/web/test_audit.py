@@ -5,8 +5,9 @@ and view of a DICOM, and de-identification on intake (XRAY_DEIDENTIFY=1) end to 
 from __future__ import annotations
 
 import io
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,12 @@ from sqlalchemy import select, text
 
 from shared.config import Settings
 from shared.deid import Pseudonymiser
+from shared.display import display_png
+from shared.images import read_image
+from shared.logs import ContextFilter, make_formatter
 from shared.models import Review, Study
 from shared.models_accounts import AuditEvent, BatchUploader
+from shared.storage import Storage
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_array
 from tests.web.support import make_app, session_for
@@ -36,9 +41,32 @@ def _upload(client, account: Account, data: bytes, name: str = "Secretname_chest
 
 
 def _mark_done(settings: Settings, study_id: int) -> None:
+    """As a worker would: `done`, with the display picture a DICOM is shown by."""
+    storage = Storage(settings.storage_dir)
+    image = read_image(storage.read(_stored_path(settings, study_id)), settings.limits)
+    display = storage.put_display(study_id, display_png(image))
     with session_for(settings) as session:
-        session.get(Study, study_id).status = "done"  # type: ignore[union-attr]
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.status, study.display_path = "done", display
         session.commit()
+
+
+def _stored_path(settings: Settings, study_id: int) -> str:
+    with session_for(settings) as session:
+        return session.get(Study, study_id).stored_path  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every record also written as XRAY_LOG_FORMAT=json would write it (shared.logs)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(make_formatter("json"))
+    handler.addFilter(ContextFilter())
+    logging.getLogger().addHandler(handler)
+    yield out
+    logging.getLogger().removeHandler(handler)
 
 
 def _events(settings: Settings) -> list[AuditEvent]:
@@ -47,7 +75,8 @@ def _events(settings: Settings) -> list[AuditEvent]:
 
 
 def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_logs(
-        settings: Settings, account_factory: Callable[..., Account], caplog: pytest.LogCaptureFixture) -> None:
+        settings: Settings, account_factory: Callable[..., Account], caplog: pytest.LogCaptureFixture,
+        json_log: io.StringIO) -> None:
     caplog.set_level(logging.DEBUG)
     app, producer = make_app(settings.with_overrides(secret_key=KEY), auth=False)
     client = app.test_client()
@@ -92,6 +121,12 @@ def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_lo
             assert value not in rendered, (record.name, record.levelname)
     for value in SECRETS.values():
         assert value not in caplog.text
+    # Nor in the JSON form: one object per line, each with its fields, the study's id where known.
+    entries = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    assert all({"time", "level", "logger", "process", "message"} <= set(entry) for entry in entries)
+    assert any(entry.get("batch_id") == batch_id and entry["logger"] == "web.intake" for entry in entries), entries
+    for value in (*SECRETS.values(), "Secretname"):
+        assert value not in json_log.getvalue()
     # Nor in the audit rows.
     for event in events:
         assert not any(value in repr(event.detail) for value in SECRETS.values())
@@ -103,6 +138,7 @@ def test_reads_are_refused_when_the_audit_cannot_be_written(settings: Settings,
     client = app.test_client()
     admin = account_factory("admin")
     study_id = _upload(client, admin, _dicom(1)).get_json()["accepted"][0]["id"]
+    _mark_done(settings, study_id)  # a picture to show
     from shared.db import make_engine
 
     engine = make_engine(settings.database_url)
