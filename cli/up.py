@@ -139,6 +139,15 @@ def first_admin_hint(database_url: str) -> str:
             "Roles and tokens: docs/SECURITY.md.\n")
 
 
+def web_metrics_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The web's environment: its gunicorn processes share metrics through var/metrics/web, cleared now."""
+    from shared.metrics import prepare_multiprocess_dir
+
+    web_env = dict(env)
+    prepare_multiprocess_dir(settings.var_dir / "metrics" / "web", web_env)
+    return web_env
+
+
 def run(args: argparse.Namespace) -> int:
     from shared.migrate import upgrade
 
@@ -173,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
         ))
         supervisor.start(Child(
             "web",
-            [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind", f"{args.host}:{args.port}",
              "--workers", str(args.web_processes), "--threads", "4", "--timeout", "120",
              "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "web.wsgi:app"],
-            env,
+            web_metrics_env(settings, env),
         ))
         base = f"http://{args.host}:{args.port}"
         if not wait_for_http(f"{base}/healthz"):

@@ -78,6 +78,7 @@ class Settings:
     # without a token, and the port the worker's main process serves its metrics on (None: off).
     metrics_allow: tuple[str, ...] = ()
     worker_metrics_port: int | None = None
+    worker_metrics_address: str = "0.0.0.0"
     worker_max_memory_mb: int = 3000  # a worker process past this after a task is replaced
     inference_runtime: str = "auto"  # shared.runtime: auto | tensorflow | openvino
     inference_precision: str = "auto"  # auto | f32 | bf16
@@ -125,6 +126,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         reconcile_after_s=_int(env, "XRAY_RECONCILE_AFTER", Settings.reconcile_after_s),
         metrics_allow=_networks(env, "XRAY_METRICS_ALLOW"),
         worker_metrics_port=_int(env, "XRAY_WORKER_METRICS_PORT", 0) or None,
+        worker_metrics_address=env.get("XRAY_WORKER_METRICS_ADDRESS") or "0.0.0.0",
         worker_max_memory_mb=_int(env, "XRAY_WORKER_MAX_MEMORY_MB", Settings.worker_max_memory_mb),
         inference_runtime=env.get("XRAY_RUNTIME") or "auto",
         inference_precision=env.get("XRAY_PRECISION") or "auto",

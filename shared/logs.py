@@ -43,6 +43,11 @@ def log_context(**ids: int | None) -> Iterator[None]:
         _context.reset(token)
 
 
+def add_log_context(**ids: int | None) -> None:
+    """Add ids to the current context, inside a `log_context` block whose end removes them."""
+    set_log_context(**ids)
+
+
 def set_log_context(replace: bool = False, **ids: int | None) -> object:
     """For hooks that cannot wrap a block (a web request): set the ids (`replace`: drop those set
     before); pass the result to `reset_log_context`."""
@@ -115,6 +120,7 @@ def configure_logging(level: int | str = logging.INFO, fmt: str | None = None) -
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)  # Python warnings become records too, not stray stderr lines
     if fmt == "json":
         for name in SERVER_LOGGERS:
             for server_handler in logging.getLogger(name).handlers:

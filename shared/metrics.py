@@ -4,15 +4,14 @@ worker/metrics.py).
 Both run several processes (gunicorn workers, Celery's prefork pool), so both use prometheus-client's
 multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set *before prometheus_client is first imported*,
 every process writes its counters and histograms to files in that folder and a scrape adds them up
-(`MultiProcessCollector`). The folder must be empty when the service starts (old files would be
-counted again): `prepare_multiprocess_dir` makes or empties it. Without the variable (tests, the
+(`MultiProcessCollector`). The folder must hold no metric files when the service starts (old files
+would be counted again): `prepare_multiprocess_dir` makes or clears it. Without the variable (tests, the
 development server) the metrics stay in the process's own default registry.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,15 +22,16 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 
 def prepare_multiprocess_dir(path: Path, env: dict[str, str] | None = None) -> Path:
-    """Make `path` an empty folder and point PROMETHEUS_MULTIPROC_DIR at it (in `env`, default this
-    process's environment, for the children it starts). Refuses when this process already imported
-    prometheus_client without the variable: its metrics would silently not be shared."""
+    """Make `path` a folder without metric files (the client's `*.db`; nothing else is removed) and
+    point PROMETHEUS_MULTIPROC_DIR at it (in `env`, default this process's environment, which the
+    children it starts inherit). Refuses when this process already imported prometheus_client without
+    the variable: its metrics would silently not be shared."""
     target = os.environ if env is None else env
     if target is os.environ and "prometheus_client" in sys.modules and MULTIPROC_ENV not in os.environ:
         raise RuntimeError(f"{MULTIPROC_ENV} must be set before prometheus_client is imported")
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, mode=0o700)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
     target[MULTIPROC_ENV] = str(path)
     return path
 

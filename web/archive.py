@@ -27,7 +27,7 @@ DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _refused(name: str, reason: str) -> Rejection:
-    """An archive or an entry of it refused (one category for the metrics: web/metrics.py)."""
+    """An archive or an entry of it refused (one category for the metrics: shared/intake_metrics.py)."""
     return Rejection(name, reason, category="archive_refused")
 
 

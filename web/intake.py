@@ -22,9 +22,9 @@ from shared.config import ImageLimits
 from shared.db import session_scope
 from shared.deid import deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
+from shared.intake_metrics import count_intake
 from shared.models import Batch, Study, StudyStatus
 from shared.storage import Storage, StorageError
-from web.metrics import count_intake
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Upload:
 class Rejection:
     filename: str
     reason: str
-    category: str = "invalid_image"  # one of web.metrics.REJECTION_REASONS
+    category: str = "invalid_image"  # one of shared.intake_metrics.REJECTION_REASONS
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def ingest(
             result.accepted.append(AcceptedStudy(
                 study.id, slot.name, study.status, enqueued[slot.pending_index] and not slot.duplicate,
                 slot.duplicate, result.batch_id))
-    count_intake(result)
+    count_intake(len(result.accepted), (r.category for r in result.rejected))
     log.info("batch %s: %d file(s) accepted, %d refused", result.batch_id, len(result.accepted), len(result.rejected),
              extra={"batch_id": result.batch_id})
     return result

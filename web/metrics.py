@@ -2,8 +2,8 @@
 
 - `xray_http_request_duration_seconds{route,method,status}`: the URL rule (`/api/v1/studies/<int:study_id>`),
   never the path, so no id or patient data becomes a label.
-- `xray_upload_files_accepted_total`, `xray_upload_files_rejected_total{reason}` (a fixed set of
-  categories: `REJECTION_REASONS`).
+- `xray_upload_files_accepted_total`, `xray_upload_files_rejected_total{reason}`: counted by the
+  intake (shared/intake_metrics.py), exported here.
 - Computed at scrape time: `xray_studies{status}` and `xray_queue_oldest_study_age_seconds` from the
   database, `xray_queue_messages` (Redis LLEN of the queue), `xray_metrics_source_up{source}`.
 
@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, g, jsonify, request, request_started
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -32,33 +32,14 @@ from shared.models import Study, StudyStatus
 from shared.models_accounts import Role
 from web.context import Services, services
 
-if TYPE_CHECKING:
-    from web.intake import IntakeResult
-
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 ENDPOINT = "metrics.metrics"
-
-# Why a file was refused, as a label: web/intake.py and web/archive.py tag each Rejection with one.
-REJECTION_REASONS = ("too_large", "invalid_image", "unreadable", "deidentify_failed", "archive_refused")
 
 HTTP_LATENCY = Histogram(
     "xray_http_request_duration_seconds", "Time to answer a request, by URL rule, method and status",
     ["route", "method", "status"], buckets=LATENCY_BUCKETS_S,
 )
-FILES_ACCEPTED = Counter("xray_upload_files_accepted", "Uploaded files accepted (new studies and duplicates)")
-FILES_REJECTED = Counter("xray_upload_files_rejected", "Uploaded files refused, by reason category", ["reason"])
-for _reason in REJECTION_REASONS:
-    FILES_REJECTED.labels(reason=_reason)  # every category is exported from the start, at 0
-
-
-def count_intake(result: IntakeResult) -> None:
-    """Count one upload request's accepted and refused files."""
-    if result.accepted:
-        FILES_ACCEPTED.inc(len(result.accepted))
-    for rejection in result.rejected:
-        reason = rejection.category if rejection.category in REJECTION_REASONS else "invalid_image"
-        FILES_REJECTED.labels(reason=reason).inc()
 
 
 class ServiceCollector:
