@@ -18,10 +18,9 @@ from pathlib import Path
 
 from cli.supervise import Child, Supervisor
 from shared.config import Settings, load_settings
+from shared.logs import ACCESS_LOG_FORMAT
 
 READY_TIMEOUT_S = 60.0
-# Gunicorn's access log without the query string: a worklist search (`?q=`) may carry a patient ID.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -24,6 +24,10 @@ CONTEXT_FIELDS = ("study_id", "batch_id")
 # the JSON formatter too, so that every line a process writes is one object.
 SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access", "celery", "celery.worker", "celery.app.trace")
 
+# Gunicorn's access log line without the query string or the referrer: a worklist search (`?q=`) may
+# carry a patient ID. (`xray up` passes it on gunicorn's command line; web/gunicorn_conf.py sets it.)
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+
 _context: ContextVar[dict[str, int] | None] = ContextVar("xray_log_context", default=None)
 
 

@@ -3,8 +3,8 @@
 - Metrics: with PROMETHEUS_MULTIPROC_DIR set, the master clears the folder's metric files when it
   starts (files of an earlier run would be counted again) and tells the client when a worker process
   exits. Without the variable the hooks do nothing.
-- Logs: with XRAY_LOG_FORMAT=json gunicorn's own loggers (the master's, the access log) write JSON
-  lines like the app's (shared.logs).
+- Logs: the access log line never holds the query string; with XRAY_LOG_FORMAT=json gunicorn's own
+  loggers (the master's, the access log) write JSON lines like the app's (shared.logs).
 Other gunicorn settings stay on the command line.
 """
 
@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shared.logs import log_format
+from shared.logs import ACCESS_LOG_FORMAT, log_format
 from shared.metrics import MULTIPROC_ENV
+
+access_log_format = ACCESS_LOG_FORMAT  # never the query string (a search may name a patient)
 
 if log_format() == "json":
     _console = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}

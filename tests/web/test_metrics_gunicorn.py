@@ -69,7 +69,7 @@ def test_gunicorn_processes_add_up(settings: Settings, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, err_path.read_text()[-2000:]
             time.sleep(0.3)
         for _ in range(REQUESTS - 1):
-            assert _get(f"{base}/healthz")[0] == 503
+            assert _get(f"{base}/healthz?q=PID-SECRET-4711")[0] == 503  # a query may name a patient
         status, text = _get(f"{base}/metrics")
         assert status == 200, text
         samples = {(s.name, frozenset(s.labels.items())): s.value
@@ -91,4 +91,7 @@ def test_gunicorn_processes_add_up(settings: Settings, tmp_path: Path) -> None:
     # Every line is JSON: gunicorn's (master, access log) and the app's (the health check's warnings).
     entries = [json.loads(line) for line in err_path.read_text().splitlines() if line.strip()]
     assert any(e["logger"] == "gunicorn.error" for e in entries)
+    access = [e for e in entries if e["logger"] == "gunicorn.access"]
+    assert len(access) == REQUESTS + 1 and '"GET /healthz HTTP/1.1" 503' in access[-2]["message"]
+    assert "PID-SECRET" not in err_path.read_text()
     assert any(e["logger"] == "web.health" and e["level"] == "WARNING" for e in entries), err_path.read_text()[-2000:]
