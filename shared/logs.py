@@ -39,12 +39,11 @@ def current_context() -> dict[str, int]:
 @contextmanager
 def log_context(**ids: int | None) -> Iterator[None]:
     """Within the block, every record carries these ids (study_id, batch_id); None values are left out."""
-    merged = {**current_context(), **{k: int(v) for k, v in ids.items() if v is not None}}
-    token = _context.set(merged)
+    token = set_log_context(**ids)
     try:
         yield
     finally:
-        _context.reset(token)
+        reset_log_context(token)
 
 
 def add_log_context(**ids: int | None) -> None:
