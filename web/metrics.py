@@ -34,7 +34,6 @@ from web.context import Services, services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
-ENDPOINT = "metrics.metrics"
 
 HTTP_LATENCY = Histogram(
     "xray_http_request_duration_seconds", "Time to answer a request, by URL rule, method and status",
