@@ -4,7 +4,6 @@ DATABASE_URL, storing into STORAGE_DIR, with XRAY_DICOM_AET / XRAY_DICOM_PORT / 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -22,10 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from migrations import current, head
     from shared.config import load_settings
     from shared.db import make_engine, make_session_factory
+    from shared.logs import configure_logging
     from shared.queue import enqueue_diagnosis, make_celery
     from shared.storage import Storage
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = load_settings()
     changes = {k: v for k, v in (("dicom_port", args.port), ("dicom_host", args.host)) if v is not None}
     settings = settings.with_overrides(**changes)

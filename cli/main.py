@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from shared.logs import configure_logging
+
+    try:
+        configure_logging(logging.WARNING)  # `xray worker` and `xray web` raise it to INFO
+    except ValueError as exc:
+        print(f"xray: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

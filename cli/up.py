@@ -19,10 +19,9 @@ from pathlib import Path
 
 from cli.supervise import Child, Supervisor
 from shared.config import Settings, load_settings
+from shared.logs import ACCESS_LOG_FORMAT
 
 READY_TIMEOUT_S = 60.0
-# Gunicorn's access log without the query string: a worklist search (`?q=`) may carry a patient ID.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -179,6 +178,15 @@ def dicom_receiver(settings: Settings, env: dict[str, str], host: str, port: int
                  env)
 
 
+def web_metrics_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The web's environment: its gunicorn processes share metrics through var/metrics/web, cleared now."""
+    from shared.metrics import prepare_multiprocess_dir
+
+    web_env = dict(env)
+    prepare_multiprocess_dir(settings.var_dir / "metrics" / "web", web_env)
+    return web_env
+
+
 def run(args: argparse.Namespace) -> int:
     from migrations import upgrade
 
@@ -217,10 +225,10 @@ def run(args: argparse.Namespace) -> int:
             supervisor.start(dicom_receiver(settings, env, args.host, dicom_port))
         supervisor.start(Child(
             "web",
-            [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind", f"{args.host}:{args.port}",
              "--workers", str(args.web_processes), "--threads", "4", "--timeout", "120",
              "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "web.wsgi:app"],
-            env,
+            web_metrics_env(settings, env),
         ))
         base = f"http://{args.host}:{args.port}"
         if not wait_for_http(f"{base}/healthz"):

@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from shared.logs import configure_logging
     from web import create_app
 
+    configure_logging()
     try:
         app = create_app()
     except RuntimeError as exc:

@@ -53,6 +53,33 @@ def describe_mode(concurrency: int, settings: object) -> str:
     return f"{max(1, concurrency)} process(es), each with its own model, on {runtime}-{precision}"
 
 
+def start_metrics(settings: object) -> str | None:
+    """With XRAY_WORKER_METRICS_PORT: an empty multiprocess folder for the pool processes (set before
+    anything imports prometheus_client), and the metrics server in this main process. Returns what
+    went wrong, for the operator."""
+    from pathlib import Path
+
+    from shared.config import Settings
+    from shared.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    assert isinstance(settings, Settings)
+    port = settings.worker_metrics_port
+    if port is None:
+        return None
+    folder = Path(os.environ.get(MULTIPROC_ENV) or settings.var_dir / "metrics" / f"worker-{port}")
+    prepare_multiprocess_dir(folder)
+    from worker.metrics import serve
+
+    try:
+        serve(port, settings.worker_metrics_address)
+    except OSError as exc:
+        return (f"cannot serve metrics on {settings.worker_metrics_address}:{port} "
+                f"(XRAY_WORKER_METRICS_PORT): {exc.strerror or exc}")
+    print(f"xray worker: metrics on http://{settings.worker_metrics_address}:{port}/metrics "
+          f"(pool processes write to {folder})", flush=True)
+    return None
+
+
 def celery_argv(settings: object, concurrency: int, loglevel: str) -> list[str]:
     from shared.config import Settings
 
@@ -77,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     problem = preflight(settings)
+    if problem:
+        print(f"xray worker: {problem}", file=sys.stderr)
+        return 2
+    problem = start_metrics(settings)
     if problem:
         print(f"xray worker: {problem}", file=sys.stderr)
         return 2

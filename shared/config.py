@@ -43,6 +43,19 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _networks(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of CIDR ranges (e.g. "10.0.0.0/8, 127.0.0.1/32"), checked now."""
+    import ipaddress
+
+    ranges = []
+    for item in (env.get(name) or "").replace(",", " ").split():
+        try:
+            ranges.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"setting {name} must list address ranges like 10.0.0.0/8, got {item!r}") from exc
+    return tuple(ranges)
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Limits every uploaded image must respect (checked before pixels are decoded)."""
@@ -67,6 +80,11 @@ class Settings:
     task_soft_time_limit_s: int = 540
     max_attempts: int = 5
     reconcile_after_s: int = 60
+    # Metrics (web/metrics.py, worker/metrics.py): address ranges that may scrape the web's /metrics
+    # without a token, and the port the worker's main process serves its metrics on (None: off).
+    metrics_allow: tuple[str, ...] = ()
+    worker_metrics_port: int | None = None
+    worker_metrics_address: str = "0.0.0.0"
     worker_max_memory_mb: int = 3000  # a worker process past this after a task is replaced
     inference_runtime: str = "auto"  # shared.runtime: auto | tensorflow | openvino
     inference_precision: str = "auto"  # auto | f32 | bf16
@@ -116,6 +134,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         task_soft_time_limit_s=_int(env, "XRAY_TASK_SOFT_TIME_LIMIT", Settings.task_soft_time_limit_s),
         max_attempts=_int(env, "XRAY_MAX_ATTEMPTS", Settings.max_attempts),
         reconcile_after_s=_int(env, "XRAY_RECONCILE_AFTER", Settings.reconcile_after_s),
+        metrics_allow=_networks(env, "XRAY_METRICS_ALLOW"),
+        worker_metrics_port=_int(env, "XRAY_WORKER_METRICS_PORT", 0) or None,
+        worker_metrics_address=env.get("XRAY_WORKER_METRICS_ADDRESS") or "0.0.0.0",
         worker_max_memory_mb=_int(env, "XRAY_WORKER_MAX_MEMORY_MB", Settings.worker_max_memory_mb),
         inference_runtime=env.get("XRAY_RUNTIME") or "auto",
         inference_precision=env.get("XRAY_PRECISION") or "auto",

@@ -23,6 +23,7 @@ from shared.config import ImageLimits
 from shared.db import describe_db_error, session_scope
 from shared.deid import BURNED_IN_WARNING, deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
+from shared.intake_metrics import count_intake
 from shared.models import Batch, BatchUploader, Study, StudyStatus
 from shared.storage import Storage, StorageError
 
@@ -61,6 +62,7 @@ class Upload:
 class Rejection:
     filename: str
     reason: str
+    category: str = "invalid_image"  # one of shared.intake_metrics.REJECTION_REASONS
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,9 @@ def ingest(
             result.accepted.append(AcceptedStudy(
                 study.id, slot.name, study.status, enqueued[slot.pending_index] and not slot.duplicate,
                 slot.duplicate, result.batch_id, BURNED_IN_WARNING if study.burned_in_annotation else None))
+    count_intake(len(result.accepted), (r.category for r in result.rejected))
+    log.info("batch %s: %d file(s) accepted, %d refused", result.batch_id, len(result.accepted), len(result.rejected),
+             extra={"batch_id": result.batch_id})
     return result
 
 
@@ -240,7 +245,8 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     data = _read_capped(upload.stream, limits.max_bytes)
     if data is None:
         result.rejected.append(Rejection(
-            name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image."))
+            name, f"The file is larger than the {limits.max_bytes // (1024 * 1024)} MiB limit per image.",
+            "too_large"))
         return None
     try:
         info = inspect_image(data, limits)
@@ -250,7 +256,7 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
     except Exception:  # a bug reading one file must not fail the others
         # File names can name patients: the log names the upload by content hash only.
         log.exception("inspecting an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
-        result.rejected.append(Rejection(name, "The file could not be read as an X-ray image."))
+        result.rejected.append(Rejection(name, "The file could not be read as an X-ray image.", "unreadable"))
         return None
     stored_name, burned_in = name, None
     if deidentify_key is not None:
@@ -259,7 +265,8 @@ def _take(upload: Upload, lookup: Session, storage: Storage, limits: ImageLimits
         except Exception:
             log.exception("de-identifying an upload (sha256 %s) failed", hashlib.sha256(data).hexdigest()[:16])
             result.rejected.append(Rejection(name, "The DICOM file could not be de-identified, so it was not "
-                                                   "stored. Check that it opens in a DICOM viewer."))
+                                                   "stored. Check that it opens in a DICOM viewer.",
+                                             "deidentify_failed"))
             return None
         data, info, burned_in = clean.data, clean.info, clean.burned_in
         stored_name = f"study-{hashlib.sha256(data).hexdigest()[:12]}.{EXTENSIONS[info.format]}"

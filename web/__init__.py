@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
     from web.errors import register_error_handlers
+    from web.metrics import register_metrics
     from web.params import register_converters
     from web.request import install as install_request_class
     from web.security import register_security
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         app.register_blueprint(blueprint)
     register_audit(app)
     trust_proxies(app, settings.trusted_proxies)
+    register_metrics(app)
     return app
 
 

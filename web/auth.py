@@ -49,7 +49,7 @@ from web.context import db_session
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
-PUBLIC_ENDPOINTS = frozenset({"static", "health.healthz", "auth.login"})
+PUBLIC_ENDPOINTS = frozenset({"static", "health.healthz", "auth.login", "metrics.metrics"})  # metrics: own check
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"

@@ -20,6 +20,7 @@ from typing import Any  # noqa: E402
 from celery import Celery, signals  # noqa: E402
 
 from shared.config import Settings, load_settings  # noqa: E402
+from shared.logs import configure_logging  # noqa: E402
 from shared.queue import make_celery  # noqa: E402
 from worker import runtime  # noqa: E402
 from worker.reconcile import Reconciler  # noqa: E402
@@ -49,18 +50,31 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
 
 
+@signals.setup_logging.connect
+def _on_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connected, so Celery leaves logging to shared.logs (plain text or XRAY_LOG_FORMAT=json).
+    configure_logging(loglevel or logging.INFO)
+
+
 @signals.worker_process_init.connect
 def _on_worker_process_init(**_: Any) -> None:
+    from worker import metrics
+
     try:
-        runtime.start_runtime(settings, settings.redis_url, processes=_pool_processes)
+        rt = runtime.start_runtime(settings, settings.redis_url, processes=_pool_processes)
     except Exception:
         log.exception("could not load the model bundle from %s", settings.model_dir)
         raise
+    predictor = rt.diagnoser.classifier  # type: ignore[attr-defined]
+    metrics.set_model_info(predictor.version, predictor.runtime_name)
 
 
 @signals.worker_process_shutdown.connect
 def _on_worker_process_shutdown(**_: Any) -> None:
+    from worker import metrics
+
     runtime.stop_runtime()
+    metrics.process_exited()
 
 
 @signals.worker_ready.connect

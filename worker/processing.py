@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from shared.db import session_scope
 from shared.display import display_png
 from shared.gradcam import cam_sheet_png
 from shared.images import InvalidImage, XRayImage, read_image
+from shared.logs import add_log_context
 from shared.models import Finding, Study, StudyStatus
 from shared.storage import Storage, StorageError, StoredFileMissing
 from shared.triage import triage
@@ -53,16 +54,21 @@ FINISHED = (StudyStatus.DONE.value, StudyStatus.FAILED.value)
 RETRY_BASE_S = 5.0
 RETRY_CAP_S = 300.0
 MAX_REASON_CHARS = 1000
+# Why a study ended `failed`, as a small fixed set (a metrics label: worker/metrics.py).
+INVALID_IMAGE, FILE_MISSING, TRANSIENT, TIME_LIMIT, INTERNAL, ATTEMPTS_USED = (
+    "invalid_image", "file_missing", "transient", "time_limit", "internal", "attempts_used")
+FAILURE_REASONS = (INVALID_IMAGE, FILE_MISSING, TRANSIENT, TIME_LIMIT, INTERNAL, ATTEMPTS_USED)
 
 
 class RetryLater(Exception):
     """A transient failure: try this study again later (`attempt` is None when it was never claimed)."""
 
-    def __init__(self, study_id: int, attempt: int | None, reason: str) -> None:
+    def __init__(self, study_id: int, attempt: int | None, reason: str, cause: str = "other") -> None:
         super().__init__(f"study {study_id}: {reason}")
         self.study_id = study_id
         self.attempt = attempt
         self.reason = reason
+        self.cause = cause  # database | queue | storage | other (error_category)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class Outcome:
     study_id: int
     status: str  # done | failed | skipped (already finished) | missing (no such study)
     reason: str | None = None
+    category: str | None = None  # for `failed`: one of FAILURE_REASONS
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage, for `done`
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Claim:
     stored_path: str
     format: str
     attempt: int
+    batch_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,10 @@ def process_study(
     try:
         claim = claim_study(session_factory, study_id, settings.max_attempts, now())
     except TRANSIENT_ERRORS as exc:
-        raise RetryLater(study_id, None, describe_error(exc)) from exc
+        raise RetryLater(study_id, None, describe_error(exc), error_category(exc)) from exc
     if isinstance(claim, Outcome):
         return claim
+    add_log_context(batch_id=claim.batch_id)  # the task's log_context(study_id=...) ends it
 
     timings: dict[str, float] = {}
     try:
@@ -120,28 +130,31 @@ def process_study(
         timings.update(diagnosis.timings_ms)
         with timed(timings, "write"):
             files = write_files(storage, study_id, image, diagnosis, claim.format)
-        return record(session_factory, study_id, diagnosis, files, timings, settings, now())
+        with timed(timings, "record"):
+            outcome = record(session_factory, study_id, diagnosis, files, timings, settings, now())
+        return replace(outcome, timings=timings)
     except InvalidImage as exc:
-        return fail_or_retry(session_factory, study_id, claim.attempt, str(exc), now())
+        return fail_or_retry(session_factory, study_id, claim.attempt, str(exc), now(), INVALID_IMAGE)
     except StoredFileMissing as exc:
-        return fail_or_retry(session_factory, study_id, claim.attempt, f"{exc}; upload the image again", now())
+        return fail_or_retry(session_factory, study_id, claim.attempt, f"{exc}; upload the image again", now(),
+                             FILE_MISSING)
     except TRANSIENT_ERRORS as exc:
         reason = describe_error(exc)
         log.warning("study %s attempt %s: transient error: %s", study_id, claim.attempt, exc)
         if claim.attempt >= settings.max_attempts:
             return fail_or_retry(session_factory, study_id, claim.attempt,
-                                 f"gave up after {claim.attempt} attempts: {reason}", now())
+                                 f"gave up after {claim.attempt} attempts: {reason}", now(), TRANSIENT)
         note_error(session_factory, study_id, reason, now())
-        raise RetryLater(study_id, claim.attempt, reason) from exc
+        raise RetryLater(study_id, claim.attempt, reason, error_category(exc)) from exc
     except SoftTimeLimitExceeded:
         return fail_or_retry(session_factory, study_id, claim.attempt,
                              f"the diagnosis took longer than {settings.task_soft_time_limit_s} s and was "
-                             "stopped; the server may be overloaded, try again later", now())
+                             "stopped; the server may be overloaded, try again later", now(), TIME_LIMIT)
     except Exception as exc:  # a bug or an unexpected model error: retrying would not help
         log.exception("study %s: unexpected error", study_id)
         return fail_or_retry(session_factory, study_id, claim.attempt,
                              f"the diagnosis failed unexpectedly ({type(exc).__name__}); "
-                             "the administrator can find the details in the worker log", now())
+                             "the administrator can find the details in the worker log", now(), INTERNAL)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -155,6 +168,17 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
 
 
+def error_category(exc: BaseException) -> str:
+    """Which service a transient error came from: database, queue, storage or other."""
+    if isinstance(exc, StorageError):
+        return "storage"
+    if isinstance(exc, OperationalError | DisconnectionError):
+        return "database"
+    if isinstance(exc, redis.exceptions.RedisError):
+        return "queue"
+    return "other"
+
+
 def claim_study(session_factory: sessionmaker[Session], study_id: int, max_attempts: int,
                 at: datetime) -> Claim | Outcome:
     """Take the study for this attempt, or say why not (finished, missing, out of attempts)."""
@@ -163,11 +187,11 @@ def claim_study(session_factory: sessionmaker[Session], study_id: int, max_attem
             update(Study)
             .where(Study.id == study_id, Study.status.in_(ACTIVE), Study.attempts < max_attempts)
             .values(status=StudyStatus.PROCESSING.value, attempts=Study.attempts + 1, started_at=at, updated_at=at)
-            .returning(Study.stored_path, Study.format, Study.attempts)
+            .returning(Study.stored_path, Study.format, Study.attempts, Study.batch_id)
             .execution_options(synchronize_session=False)
         ).first()
         if row is not None:
-            return Claim(stored_path=row.stored_path, format=row.format, attempt=row.attempts)
+            return Claim(stored_path=row.stored_path, format=row.format, attempt=row.attempts, batch_id=row.batch_id)
         study = session.execute(select(Study.status, Study.attempts, Study.error).where(Study.id == study_id)).first()
     if study is None:
         log.warning("study %s: no such study; message dropped", study_id)
@@ -178,7 +202,7 @@ def claim_study(session_factory: sessionmaker[Session], study_id: int, max_attem
     # Still queued/processing with every attempt used: a worker died on it each time, or it kept
     # failing transiently. Give up with the last known reason.
     last = study.error or "the worker stopped while diagnosing it (the image may be too large to process)"
-    return fail(session_factory, study_id, f"gave up after {study.attempts} attempts: {last}", at)
+    return fail(session_factory, study_id, f"gave up after {study.attempts} attempts: {last}", at, ATTEMPTS_USED)
 
 
 def write_files(storage: Storage, study_id: int, image: XRayImage, diagnosis: Diagnosis,
@@ -223,8 +247,9 @@ def record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Dia
     return Outcome(study_id, StudyStatus.DONE.value)
 
 
-def fail(session_factory: sessionmaker[Session], study_id: int, reason: str, at: datetime) -> Outcome:
-    """End a study `failed` with `reason` (unless another delivery finished it first)."""
+def fail(session_factory: sessionmaker[Session], study_id: int, reason: str, at: datetime,
+         category: str = INTERNAL) -> Outcome:
+    """End a study `failed` with `reason`, of `category` (unless another delivery finished it first)."""
     reason = reason[:MAX_REASON_CHARS]
     with session_scope(session_factory) as session:
         updated = session.execute(
@@ -236,16 +261,16 @@ def fail(session_factory: sessionmaker[Session], study_id: int, reason: str, at:
     if updated != 1:
         return Outcome(study_id, "skipped", "finished by another delivery")
     log.warning("study %s failed: %s", study_id, reason)
-    return Outcome(study_id, StudyStatus.FAILED.value, reason)
+    return Outcome(study_id, StudyStatus.FAILED.value, reason, category)
 
 
 def fail_or_retry(session_factory: sessionmaker[Session], study_id: int, attempt: int, reason: str,
-                  at: datetime) -> Outcome:
+                  at: datetime, category: str = INTERNAL) -> Outcome:
     """Record a failure; if even that cannot reach the database, leave the study to a retry."""
     try:
-        return fail(session_factory, study_id, reason, at)
+        return fail(session_factory, study_id, reason, at, category)
     except TRANSIENT_ERRORS as exc:
-        raise RetryLater(study_id, attempt, describe_error(exc)) from exc
+        raise RetryLater(study_id, attempt, describe_error(exc), error_category(exc)) from exc
 
 
 def note_error(session_factory: sessionmaker[Session], study_id: int, reason: str, at: datetime) -> None:

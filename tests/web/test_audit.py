@@ -5,8 +5,9 @@ and view of a DICOM, and de-identification on intake (XRAY_DEIDENTIFY=1) end to 
 from __future__ import annotations
 
 import io
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from sqlalchemy import select, text
 
 from shared.config import Settings
 from shared.deid import Pseudonymiser
+from shared.logs import ContextFilter, make_formatter
 from shared.models import AuditEvent, BatchUploader, Review, Study
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_array
@@ -34,13 +36,26 @@ def _upload(client, account: Account, data: bytes, name: str = "Secretname_chest
                        data={"files": [(io.BytesIO(data), name)]})
 
 
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every record also written as XRAY_LOG_FORMAT=json would write it (shared.logs)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(make_formatter("json"))
+    handler.addFilter(ContextFilter())
+    logging.getLogger().addHandler(handler)
+    yield out
+    logging.getLogger().removeHandler(handler)
+
+
 def _events(settings: Settings) -> list[AuditEvent]:
     with session_for(settings) as session:
         return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
 
 
 def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_logs(
-        settings: Settings, account_factory: Callable[..., Account], caplog: pytest.LogCaptureFixture) -> None:
+        settings: Settings, account_factory: Callable[..., Account], caplog: pytest.LogCaptureFixture,
+        json_log: io.StringIO) -> None:
     caplog.set_level(logging.DEBUG)
     app, producer = make_app(settings.with_overrides(secret_key=KEY), auth=False)
     client = app.test_client()
@@ -85,6 +100,12 @@ def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_lo
             assert value not in rendered, (record.name, record.levelname)
     for value in SECRETS.values():
         assert value not in caplog.text
+    # Nor in the JSON form: one object per line, each with its fields, the study's id where known.
+    entries = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    assert all({"time", "level", "logger", "process", "message"} <= set(entry) for entry in entries)
+    assert any(entry.get("batch_id") == batch_id and entry["logger"] == "web.intake" for entry in entries), entries
+    for value in (*SECRETS.values(), "Secretname"):
+        assert value not in json_log.getvalue()
     # Nor in the audit rows.
     for event in events:
         assert not any(value in repr(event.detail) for value in SECRETS.values())

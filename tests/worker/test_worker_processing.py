@@ -22,6 +22,7 @@ from shared.gradcam import cam_from_png
 from shared.models import Batch, Finding, Study
 from shared.storage import FULL_MESSAGE, Storage, StorageError
 from shared.triage import due_at, triage, urgency
+from worker.metrics import STAGES
 from worker.processing import RetryLater, process_study, retry_delay_s
 from worker.reconcile import claim_stale_studies
 
@@ -83,6 +84,8 @@ def test_real_images_done_with_14_findings_and_heatmaps(db, storage, diagnoser, 
     for study_id in ids:
         outcome = process_study(db, storage, diagnoser, study_id, settings=settings)
         assert outcome.status == "done", outcome
+        # Every stage's milliseconds, the record too, for the metrics (worker/metrics.py).
+        assert set(STAGES) <= set(outcome.timings) and all(v >= 0 for v in outcome.timings.values())
     for path, study_id in zip(paths, ids, strict=True):
         row, findings = snapshot(db, study_id)
         assert row["status"] == "done" and row["error"] is None
@@ -123,7 +126,7 @@ def test_second_delivery_changes_nothing(db, storage, diagnoser, settings: Setti
 def test_invalid_image_fails_with_reason(db, storage, diagnoser, settings: Settings) -> None:
     study_id = add_study(db, storage, b"this is not an image at all\n" * 10, "broken.png")
     outcome = process_study(db, storage, diagnoser, study_id, settings=settings)
-    assert outcome.status == "failed"
+    assert outcome.status == "failed" and outcome.category == "invalid_image"
     row, findings = snapshot(db, study_id)
     assert row["status"] == "failed" and "not a PNG, JPEG or DICOM file" in row["error"]
     assert findings == []
@@ -137,6 +140,7 @@ def test_missing_original_fails_and_missing_study_is_dropped(db, storage, diagno
     storage.path(snapshot(db, study_id)[0]["stored_path"]).unlink()
     outcome = process_study(db, storage, diagnoser, study_id, settings=settings)
     assert outcome.status == "failed" and "upload the image again" in (outcome.reason or "")
+    assert outcome.category == "file_missing"
     assert process_study(db, storage, diagnoser, 999_999, settings=settings).status == "missing"
 
 
@@ -148,7 +152,7 @@ def test_database_error_retries_then_succeeds(db, storage, diagnoser, settings: 
         session.execute(text("ALTER TABLE findings RENAME TO findings_away"))
     with pytest.raises(RetryLater) as caught:
         process_study(db, storage, diagnoser, study_id, settings=settings)
-    assert caught.value.attempt == 1 and "database" in caught.value.reason
+    assert caught.value.attempt == 1 and "database" in caught.value.reason and caught.value.cause == "database"
     row, _ = snapshot(db, study_id, with_findings=False)
     assert row["status"] == "processing" and row["attempts"] == 1
     assert row["error"] == "the database was unavailable"
@@ -214,7 +218,7 @@ def test_failed_sheet_write_records_nothing_and_retries(db, settings: Settings, 
     study_id = add_study(db, storage, nih_full_images[3].read_bytes())
     with pytest.raises(RetryLater) as caught:
         process_study(db, storage, diagnoser, study_id, settings=settings)
-    assert caught.value.reason == FULL_MESSAGE
+    assert caught.value.reason == FULL_MESSAGE and caught.value.cause == "storage"
     row, findings = snapshot(db, study_id)
     assert row["status"] == "processing" and row["error"] == FULL_MESSAGE and row["timings"] is None
     assert findings == []
@@ -231,6 +235,7 @@ def test_database_error_on_last_attempt_fails(db, storage, diagnoser, settings: 
     outcome = process_study(db, storage, diagnoser, study_id, settings=settings)
     assert outcome.status == "failed"
     assert outcome.reason == "gave up after 2 attempts: the database was unavailable"
+    assert outcome.category == "transient"
     row, _ = snapshot(db, study_id, with_findings=False)
     assert row["status"] == "failed" and row["error"] == outcome.reason
 
@@ -242,6 +247,7 @@ def test_study_a_worker_kept_dying_on_ends_failed(db, storage, diagnoser, settin
     outcome = process_study(db, storage, diagnoser, study_id, settings=settings)
     assert outcome.status == "failed"
     assert outcome.reason is not None and "worker stopped while diagnosing it" in outcome.reason
+    assert outcome.category == "attempts_used"
 
 
 def test_database_down_before_claim_is_retried(storage, diagnoser, settings: Settings, tmp_path: Path) -> None:
