@@ -103,7 +103,7 @@ def test_uploads_views_exports_and_reviews_are_audited_without_identifiers_in_lo
     # Nor in the JSON form: one object per line, each with its fields, the study's id where known.
     entries = [json.loads(line) for line in json_log.getvalue().splitlines()]
     assert all({"time", "level", "logger", "process", "message"} <= set(entry) for entry in entries)
-    assert any(entry.get("batch_id") == batch_id and entry["logger"] == "web.intake" for entry in entries), entries
+    assert any(entry.get("batch_id") == batch_id and entry["logger"] == "shared.intake" for entry in entries), entries
     for value in (*SECRETS.values(), "Secretname"):
         assert value not in json_log.getvalue()
     # Nor in the audit rows.
