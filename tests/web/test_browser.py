@@ -118,10 +118,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
             browser.close()
     finally:
         delete_queue_keys(redis_url, settings.queue_name)
-        out = PROJECT_ROOT / "test-output" / "browser"
-        out.mkdir(parents=True, exist_ok=True)
-        for shot in shots.glob("*.png"):
-            shutil.copy(shot, out / shot.name)
+        keep_screenshots(shots)
 
 
 def test_admin_operations_and_users_pages(settings: Settings, redis_url: str, tmp_path: Path) -> None:
@@ -215,7 +212,12 @@ def test_admin_operations_and_users_pages(settings: Settings, redis_url: str, tm
         assert app.test_client().get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     finally:
         delete_queue_keys(redis_url, settings.queue_name)
-        out = PROJECT_ROOT / "test-output" / "browser"
-        out.mkdir(parents=True, exist_ok=True)
-        for shot in shots.glob("*.png"):
-            shutil.copy(shot, out / shot.name)
+        keep_screenshots(shots)
+
+
+def keep_screenshots(shots: Path) -> None:
+    """Copy a test's screenshots to test-output/browser, where a person can look at them."""
+    out = PROJECT_ROOT / "test-output" / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    for shot in shots.glob("*.png"):
+        shutil.copy(shot, out / shot.name)

@@ -7,31 +7,17 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from shared.accounts import LoginLimits
 from shared.config import Settings
 from tests.conftest import make_account
+from tests.integration.test_submit import serve
 from tests.web.support import make_app
 
 ATTEMPTS = 40
-
-
-@contextmanager
-def _serving(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -54,7 +40,7 @@ def test_concurrent_wrong_passwords_get_at_most_the_limit_of_checks(database_set
     limits: LoginLimits = app.extensions["xray.login_limits"]
     account = make_account(database_settings.database_url, "target", "radiologist")
     statuses: list[int] = []
-    with _serving(app) as url:
+    with serve(app) as url:
         forms = [_ready_form(url, account.username) for _ in range(ATTEMPTS)]
         start = threading.Barrier(ATTEMPTS)
         lock = threading.Lock()
