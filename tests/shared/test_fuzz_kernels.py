@@ -5,7 +5,7 @@ temporary folder, and tests/shared/fuzz_kernels.py runs in a Python that loads t
 preloaded, every report fatal, Python's allocator off so that each object has ASan's guard zones).
 `make test` runs XRAY_FUZZ_COUNT cases (default 5,000); the long run, about 100,000 cases:
 
-    XRAY_FUZZ_COUNT=100000 .venv/bin/python -m pytest -q tests/shared/test_fuzz_kernels.py
+    XRAY_FUZZ_COUNT=100000 .venv/bin/python -m pytest -q -rA tests/shared/test_fuzz_kernels.py
 
 `test_the_harness_reports_a_bad_access` builds an out-of-bounds read and a signed overflow the same
 way and runs them the same way: they must be reported, so a clean fuzz run means something.
@@ -96,6 +96,7 @@ def test_kernels_survive_mutated_pngs_and_odd_shapes(libasan: str, data_dir: Pat
     assert not report, report
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads(done.stdout.splitlines()[-1])
+    print(summary)  # shown by `pytest -rA`: the counts per check
     assert summary["cases"] == COUNT
     assert {Path(f).parent for f in summary["modules"].values()} == {lib}  # the sanitized builds ran
     assert summary["png_fast decoded, same pixels as Pillow"] > COUNT // 5  # many mutants reach the pixels
