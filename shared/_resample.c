@@ -30,6 +30,16 @@
 
 #include <stdint.h>
 
+/* len == a * b * c, with no product wrapping around: a huge size must not match a small buffer. */
+static int
+sizes_match(Py_ssize_t len, Py_ssize_t a, Py_ssize_t b, Py_ssize_t c)
+{
+    Py_ssize_t ab, abc;
+
+    return a >= 0 && b >= 0 && c >= 0 && !__builtin_mul_overflow(a, b, &ab) && !__builtin_mul_overflow(ab, c, &abc)
+           && abc == len;
+}
+
 /* Check a CSR matrix (n rows over `columns` inputs) against its buffers; set ValueError if not. */
 static int
 csr_ok(const Py_buffer *indptr, const Py_buffer *indices, const Py_buffer *weights, Py_ssize_t columns,
@@ -78,8 +88,8 @@ rows_u8(PyObject *self, PyObject *args)
 
     if (!csr_ok(&indptr, &indices, &weights, height, &n))
         goto done;
-    if (height < 1 || width < 1 || levels.len != height * width ||
-        out.len != n * width * (Py_ssize_t)sizeof(float)) {
+    if (height < 1 || width < 1 || !sizes_match(levels.len, height, width, 1) ||
+        !sizes_match(out.len, n, width, sizeof(float))) {
         PyErr_SetString(PyExc_ValueError, "rows_u8: buffer sizes do not match");
         goto done;
     }
@@ -126,8 +136,8 @@ cols_f32(PyObject *self, PyObject *args)
 
     if (!csr_ok(&indptr, &indices, &weights, width, &n))
         goto done;
-    if (count < 1 || width < 1 || rows.len != count * width * (Py_ssize_t)sizeof(float) ||
-        out.len != count * n * (Py_ssize_t)sizeof(float)) {
+    if (count < 1 || width < 1 || !sizes_match(rows.len, count, width, sizeof(float)) ||
+        !sizes_match(out.len, count, n, sizeof(float))) {
         PyErr_SetString(PyExc_ValueError, "cols_f32: buffer sizes do not match");
         goto done;
     }
@@ -167,8 +177,7 @@ channels_f32(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*w*nfffff", &grey, &out, &count, &white, &scale, &offset[0], &offset[1],
                           &offset[2]))
         return NULL;
-    if (count < 0 || grey.len != count * (Py_ssize_t)sizeof(float) ||
-        out.len != 3 * count * (Py_ssize_t)sizeof(float)) {
+    if (!sizes_match(grey.len, count, 1, sizeof(float)) || !sizes_match(out.len, 3, count, sizeof(float))) {
         PyErr_SetString(PyExc_ValueError, "channels_f32: buffer sizes do not match");
         goto done;
     }

@@ -97,6 +97,23 @@ def test_the_c_passes_give_scipys_sums_and_check_their_buffers(nih_full_images: 
         _resample.cols_f32(indptr, indices, weights, np.zeros((3, 4), np.float32), np.empty((3, 3), np.float32), 3, 4)
 
 
+@pytest.mark.parametrize("call", ["rows_u8", "cols_f32", "channels_f32"])
+def test_the_c_passes_refuse_sizes_whose_products_overflow(call: str) -> None:
+    """A size of 2**62 makes size * 4 bytes wrap to 0, which used to match an empty buffer and send the
+    loops far past it (found by tests/shared/test_fuzz_kernels.py)."""
+    from shared import resize
+
+    if resize._resample is None:
+        pytest.skip("shared._resample is not built (no C compiler at install time)")
+    indptr, indices, weights = resize._csr(bilinear_weights(4, 2))
+    no_levels, no_floats = np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    args = {"rows_u8": (indptr, indices, weights, no_levels, no_floats, 4, 2**62),
+            "cols_f32": (indptr, indices, weights, no_floats, no_floats, 2**62, 4),
+            "channels_f32": (no_floats, no_floats, 2**62, 255.0, 1.0, 1.0, 2.0, 3.0)}[call]
+    with pytest.raises(ValueError, match="sizes"):
+        getattr(resize._resample, call)(*args)
+
+
 def test_preprocess_last_step_in_c_is_numpys_bit_for_bit(nih_full_images: list[Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """channels_f32 (clip, scale, the three mean-subtracted channels in one pass) against numpy's
