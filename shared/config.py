@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,6 +48,38 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM node results are sent to: its AE title, host and port (written `AE@host:port`)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+_DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+
+
+def parse_destinations(raw: str) -> tuple[DicomDestination, ...]:
+    """`XRAY_DICOM_DESTINATIONS`: `AE@host:port` items separated by commas or spaces (IPv6 hosts in
+    brackets). A clear error names the item that is wrong."""
+    found: list[DicomDestination] = []
+    for item in raw.replace(",", " ").split():
+        match = _DESTINATION.match(item)
+        port = int(match["port"]) if match else 0
+        if match is None or not match["ae"].strip() or not 0 < port < 65536:
+            raise ValueError(f"XRAY_DICOM_DESTINATIONS: {item!r} is not AE@host:port (an AE title of 1 to 16 "
+                             "characters, a host name or address, a port from 1 to 65535)")
+        destination = DicomDestination(match["ae"].strip(), match["host"].strip("[]"), port)
+        if destination not in found:
+            found.append(destination)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class Settings:
     var_dir: Path = PROJECT_ROOT / "var"
     database_url: str = ""
@@ -71,6 +104,11 @@ class Settings:
     production: bool = False
     session_cookie_secure: bool = False
     deidentify: bool = False
+    # DICOM networking: this service's AE title, and the nodes (PACS) that done studies' results are
+    # sent to by C-STORE (worker/delivery.py), with at most `delivery_max_attempts` tries each.
+    dicom_aet: str = "XRAY"
+    dicom_destinations: tuple[DicomDestination, ...] = ()
+    delivery_max_attempts: int = 12
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -113,4 +151,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         production=(env.get("XRAY_ENV") or "").strip().lower() in {"production", "prod"},
         session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", False),
         deidentify=_bool(env, "XRAY_DEIDENTIFY", False),
+        dicom_aet=(env.get("XRAY_DICOM_AET") or "XRAY").strip(),
+        dicom_destinations=parse_destinations(env.get("XRAY_DICOM_DESTINATIONS") or ""),
+        delivery_max_attempts=_int(env, "XRAY_DELIVERY_MAX_ATTEMPTS", Settings.delivery_max_attempts),
     )

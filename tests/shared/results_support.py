@@ -32,6 +32,7 @@ class DoneStudies:
     factory: sessionmaker[Session]
     storage: Storage
     ids: dict[str, int]  # "png" | "dicom" | "deid" -> study id
+    sources: dict[str, bytes]  # the DICOM originals as stored, by kind
 
     def done(self, kind: str) -> DoneStudy:
         with self.factory() as session:
@@ -51,13 +52,14 @@ def add_study(factory: sessionmaker[Session], storage: Storage, data: bytes, nam
         return study.id
 
 
-def make_done_studies(root: Path, png: Path) -> DoneStudies:
-    """Three done studies of the same real X-ray: as PNG, as a DX DICOM, as a de-identified DX DICOM."""
+def make_done_studies(root: Path, png: Path, env: dict[str, str] | None = None) -> DoneStudies:
+    """Three done studies of the same real X-ray: as PNG, as a DX DICOM, as a de-identified DX DICOM
+    (`env`: more settings, e.g. XRAY_DICOM_DESTINATIONS)."""
     from shared.classifier import Classifier, init_bundle
     from shared.diagnosis import Diagnoser
     from worker.processing import process_study
 
-    settings = load_settings({"XRAY_VAR_DIR": str(root / "var")})
+    settings = load_settings({"XRAY_VAR_DIR": str(root / "var"), **(env or {})})
     upgrade(settings.database_url)
     factory = make_session_factory(make_engine(settings.database_url))
     storage = Storage(settings.storage_dir)
@@ -65,15 +67,16 @@ def make_done_studies(root: Path, png: Path) -> DoneStudies:
     init_bundle(bundle, input_size=64, seed=3)
     diagnoser = Diagnoser(Classifier.load(bundle))
     dicom = dicom_from_png(png, window="full", metadata={"StudyTime": "101500", "ReferringPhysicianName": "WHO^DR"})
+    sources = {"dicom": dicom, "deid": deidentify_dicom(dicom, SECRET)}
     ids = {
         "png": add_study(factory, storage, png.read_bytes(), png.name, "png"),
-        "dicom": add_study(factory, storage, dicom, "x.dcm", "dicom", patient_id="TEST-0001"),
-        "deid": add_study(factory, storage, deidentify_dicom(dicom, SECRET), "y.dcm", "dicom"),
+        "dicom": add_study(factory, storage, sources["dicom"], "x.dcm", "dicom", patient_id="TEST-0001"),
+        "deid": add_study(factory, storage, sources["deid"], "y.dcm", "dicom"),
     }
     for study_id in ids.values():
         outcome = process_study(factory, storage, diagnoser, study_id, settings=settings)
         assert outcome.status == "done", outcome
-    return DoneStudies(settings, factory, storage, ids)
+    return DoneStudies(settings, factory, storage, ids, sources)
 
 
 def dciodvfy_errors(path: Path) -> tuple[list[str], str]:

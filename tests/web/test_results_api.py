@@ -118,3 +118,29 @@ def test_results_need_read_access_and_are_audited_as_exports(
                                       .where(AuditEvent.action == "export")))
     assert sorted(event.detail["endpoint"] for event in events) == [
         "results.fhir", "results.overlay", "results.structured_report"]
+
+
+def test_study_json_and_page_show_results_and_deliveries(app_and_studies, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from shared.models import Delivery
+
+    app, dicom_id, _ = app_and_studies
+    with session_for(settings) as session:
+        session.add_all([
+            Delivery(study_id=dicom_id, destination="PACS@10.0.0.5:104", status="sent", attempts=2,
+                     sent_at=datetime(2026, 1, 5, 9, 31, tzinfo=UTC)),
+            Delivery(study_id=dicom_id, destination="BACKUP@10.0.0.6:104", status="pending", attempts=1,
+                     error="BACKUP@10.0.0.6:104 could not be reached"),
+        ])
+        session.commit()
+    client = app.test_client()
+    body = client.get(f"/api/v1/studies/{dicom_id}").get_json()
+    assert body["results"] == {"dicom_sr": f"/api/v1/studies/{dicom_id}/sr.dcm",
+                               "dicom_overlay": f"/api/v1/studies/{dicom_id}/overlay.dcm",
+                               "fhir": f"/api/v1/studies/{dicom_id}/fhir"}
+    assert [(d["destination"], d["status"], d["attempts"], d["error"]) for d in body["deliveries"]] == [
+        ("PACS@10.0.0.5:104", "sent", 2, None),
+        ("BACKUP@10.0.0.6:104", "pending", 1, "BACKUP@10.0.0.6:104 could not be reached")]
+    assert body["deliveries"][0]["sent_at"] == "2026-01-05T09:31:00+00:00"
+    page = client.get(f"/studies/{dicom_id}").get_data(as_text=True)
+    assert f'href="/api/v1/studies/{dicom_id}/sr.dcm"' in page and "Sent to PACS" in page
+    assert "BACKUP@10.0.0.6:104 could not be reached" in page
