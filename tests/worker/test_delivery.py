@@ -133,3 +133,32 @@ def test_destinations_setting() -> None:
     for wrong in ("PACS", "PACS@host", "PACS@host:0", "@host:104", "SEVENTEEN-CHARS-X@h:1"):
         with pytest.raises(ValueError, match="is not AE@host:port"):
             parse_destinations(wrong)
+
+
+def test_reconciler_resends_pending_deliveries_left_untried(tmp_path: Path) -> None:
+    """A lost delivery message: the reconciler finds the pending rows nobody tried for too long."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.config import load_settings
+    from shared.db import make_engine, make_session_factory
+    from shared.migrate import upgrade
+    from shared.models import Batch, Study
+    from worker.reconcile import claim_stale_deliveries, delivery_stale_after_s
+
+    settings = load_settings({"XRAY_VAR_DIR": str(tmp_path)})
+    upgrade(settings.database_url)
+    factory = make_session_factory(make_engine(settings.database_url))
+    now = datetime.now(UTC)
+    late = now - timedelta(seconds=delivery_stale_after_s(settings) + 1)
+    with factory() as session:
+        studies = [Study(batch=Batch(), original_filename="x.png", sha256="0" * 64, stored_path="x", format="png",
+                         size_bytes=1, status="done") for _ in range(4)]
+        session.add_all(studies)
+        session.flush()
+        for study, status, updated in zip(studies, ("pending", "pending", "sent", "failed"),
+                                          (late, now, late, late), strict=True):
+            session.add(Delivery(study_id=study.id, destination="P@h:104", status=status, updated_at=updated))
+        session.commit()
+        lost = studies[0].id
+    assert claim_stale_deliveries(factory, settings, now) == [lost]
+    assert claim_stale_deliveries(factory, settings, now) == []  # claimed: not sent twice
