@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, abort, request
 
 from shared.accounts import READ_STUDIES
-from shared.results import DoneStudy, NotDone
 from shared.storage import StorageError, StoredFileMissing
 from web.auth import grant, needs
 from web.context import db_session, services
 from web.queries import study_with_findings
+
+if TYPE_CHECKING:
+    from shared.results import DoneStudy
 
 bp = Blueprint("results", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ FHIR_MIMETYPE = "application/fhir+json"
 
 
 def _done_study(study_id: int) -> DoneStudy:
+    from shared.results import DoneStudy, NotDone  # pydicom, scipy: loaded on first use, not at web start
+
     study = study_with_findings(db_session(), study_id)
     if study is None:
         abort(404, description=f"Study {study_id} does not exist.")
