@@ -31,7 +31,7 @@ from shared.findings import FINDINGS
 from shared.gradcam import Box, cam_from_png
 from shared.images import read_image
 from shared.models import Finding, Study, StudyStatus
-from shared.storage import Storage
+from shared.storage import Storage, StoredFileMissing
 
 RESEARCH_NOTICE = "AI research demo, not for diagnosis"
 MANUFACTURER = "Diagnose My X-Ray"
@@ -142,13 +142,20 @@ def source_header(storage: Storage, done: DoneStudy) -> Dataset:
     data not read), or the "unknown patient" of a PNG/JPEG study. Type 2 attributes are always present."""
     if done.format == "dicom":
         path = storage.path(done.stored_path)
-        with open(path, "rb") as handle:
-            has_preamble = handle.read(132)[128:132] == b"DICM"
-        header = pydicom.dcmread(path, stop_before_pixels=True, force=not has_preamble)
+        try:
+            with open(path, "rb") as handle:
+                has_preamble = handle.read(132)[128:132] == b"DICM"
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=not has_preamble)
+        except FileNotFoundError as exc:
+            raise StoredFileMissing(f"the stored file {done.stored_path} is missing from the server's storage") from exc
         if "StudyInstanceUID" not in header or not str(header.StudyInstanceUID).strip():
             header.StudyInstanceUID = done.uid("study")
-    else:
-        header = unknown_patient(done)
+        return with_type2_attributes(header)
+    return unknown_patient(done)
+
+
+def with_type2_attributes(header: Dataset) -> Dataset:
+    """The header with every patient/study attribute of type 2 present (empty where it was missing)."""
     for keyword in TYPE2_ATTRIBUTES:
         if keyword not in header:
             setattr(header, keyword, "")
@@ -164,7 +171,7 @@ def unknown_patient(done: DoneStudy) -> Dataset:
     header.PatientID = "ANON-" + hashlib.sha256(header.StudyInstanceUID.encode()).hexdigest()[:16].upper()
     header.StudyDate = done.created_at.strftime("%Y%m%d")
     header.StudyTime = done.created_at.strftime("%H%M%S")
-    return header
+    return with_type2_attributes(header)
 
 
 def is_referencable(header: Dataset) -> bool:

@@ -21,7 +21,7 @@ from shared.dicom_results import overlay_size, study_overlay, study_sr
 from shared.fhir_report import FINDING_SYSTEM, observation_id, study_report
 from shared.findings import FINDINGS
 from shared.models import Batch, Study
-from shared.results import RESEARCH_NOTICE, UNKNOWN_PATIENT_NAME, DoneStudy, NotDone, derived_uid
+from shared.results import RESEARCH_NOTICE, UNKNOWN_PATIENT_NAME, DoneStudy, NotDone, derived_uid, dicom_bytes
 from tests.shared.results_support import DoneStudies, dciodvfy_errors, make_done_studies
 
 pytestmark = pytest.mark.slow
@@ -241,3 +241,36 @@ def test_dicom_bytes_are_part10_files(rendered: dict[str, dict[str, Path]]) -> N
     assert raw[128:132] == b"DICM"
     assert pydicom.dcmread(io.BytesIO(raw)).file_meta.MediaStorageSOPInstanceUID == pydicom.dcmread(
         io.BytesIO(raw)).SOPInstanceUID
+
+
+def test_a_large_png_gets_a_smaller_overlay_and_the_sr_scales_its_boxes_to_it(tmp_path: Path) -> None:
+    """Over 2048 px on its long side the Secondary Capture is shrunk; a PNG study's SR, which points at
+    it, has its boxes scaled to the same size."""
+    from datetime import UTC, datetime
+
+    from shared.dicom_results import overlay_picture, region_target, structured_report
+    from shared.gradcam import Box
+    from shared.results import FindingResult, unknown_patient
+
+    moment = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    findings = tuple(FindingResult(label, 0.9 if label == "Mass" else 0.1, 0.5, label == "Mass",
+                                   Box(1000, 600, 800, 1200) if label == "Mass" else None) for label in FINDINGS)
+    done = DoneStudy(id=7, sha256="ab" * 32, format="png", stored_path="x.png", width=3000, height=2400,
+                     model_version="0123456789abcdef", model_trained=False, model_runtime="tensorflow-f32",
+                     created_at=moment, finished_at=moment, cam_sheet_path=None, findings=findings)
+    assert overlay_size(3000, 2400) == (2048, 1638)
+    header = unknown_patient(done)
+    target = region_target(done, header)
+    assert (target.scale_x, target.scale_y) == pytest.approx((2048 / 3000, 1638 / 2400))
+    pixels = np.random.default_rng(0).random((2400, 3000), dtype=np.float32)
+    picture = overlay_picture(done, pixels, {label: np.ones((7, 7), np.float32) for label in FINDINGS})
+    assert picture.shape == (1638, 2048, 3)
+    bottom = round((600 + 1200) * 1638 / 2400) - 1
+    assert (picture[bottom, 700:1200] == (0, 255, 0)).all()  # the box's bottom edge, scaled
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(dicom_bytes(structured_report(done, header)))
+    region = sr_findings(path)["Mass"]["region"]
+    assert region[2].tolist() == pytest.approx([1800 * 2048 / 3000, 1800 * 1638 / 2400])
+    assert sr_findings(path)["Hernia"]["region"] is None  # no box: an image-level group
+    errors, report = dciodvfy_errors(path)
+    assert errors == [], report

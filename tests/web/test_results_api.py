@@ -144,3 +144,17 @@ def test_study_json_and_page_show_results_and_deliveries(app_and_studies, settin
     page = client.get(f"/studies/{dicom_id}").get_data(as_text=True)
     assert f'href="/api/v1/studies/{dicom_id}/sr.dcm"' in page and "Sent to PACS" in page
     assert "BACKUP@10.0.0.6:104 could not be reached" in page
+
+
+def test_missing_original_is_a_clear_404(app_and_studies, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    app, dicom_id, png_id = app_and_studies
+    with session_for(settings) as session:
+        for study_id in (dicom_id, png_id):
+            study = session.get(Study, study_id)
+            assert study is not None
+            Storage(settings.storage_dir).path(study.stored_path).unlink()
+    client = app.test_client()
+    for study_id, route in ((dicom_id, "sr.dcm"), (dicom_id, "fhir"), (png_id, "overlay.dcm")):
+        response = client.get(f"/api/v1/studies/{study_id}/{route}")
+        assert response.status_code == 404
+        assert response.get_json()["error"] == f"A file of study {study_id} is missing from the server's storage."
