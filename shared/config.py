@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,6 +67,38 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM node results are sent to: its AE title, host and port (written `AE@host:port`)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+_DESTINATION = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+
+
+def parse_destinations(raw: str) -> tuple[DicomDestination, ...]:
+    """`XRAY_DICOM_DESTINATIONS`: `AE@host:port` items separated by commas or spaces (IPv6 hosts in
+    brackets). A clear error names the item that is wrong."""
+    found: list[DicomDestination] = []
+    for item in raw.replace(",", " ").split():
+        match = _DESTINATION.match(item)
+        port = int(match["port"]) if match else 0
+        if match is None or not match["ae"].strip() or not 0 < port < 65536:
+            raise ValueError(f"XRAY_DICOM_DESTINATIONS: {item!r} is not AE@host:port (an AE title of 1 to 16 "
+                             "characters, a host name or address, a port from 1 to 65535)")
+        destination = DicomDestination(match["ae"].strip(), match["host"].strip("[]"), port)
+        if destination not in found:
+            found.append(destination)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class Settings:
     var_dir: Path = field(default_factory=default_var_dir)
     database_url: str = ""
@@ -105,6 +138,8 @@ class Settings:
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     dicom_allowed_aets: tuple[str, ...] = ()
+    dicom_destinations: tuple[DicomDestination, ...] = ()
+    delivery_max_attempts: int = 12
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -149,6 +184,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         dicom_host=env.get("XRAY_DICOM_HOST") or "0.0.0.0",
         dicom_port=_int(env, "XRAY_DICOM_PORT", Settings.dicom_port),
         dicom_allowed_aets=tuple(t.strip() for t in (env.get("XRAY_DICOM_ALLOWED_AETS") or "").split(",") if t.strip()),
+        dicom_destinations=parse_destinations(env.get("XRAY_DICOM_DESTINATIONS") or ""),
+        delivery_max_attempts=_int(env, "XRAY_DELIVERY_MAX_ATTEMPTS", Settings.delivery_max_attempts),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter
 
-# Why a file was refused, as a label: each Rejection carries one (web/intake.py, web/archive.py).
+# Why a file was refused, as a label: each Rejection carries one (shared/intake.py, web/archive.py).
 REJECTION_REASONS = ("too_large", "invalid_image", "unreadable", "deidentify_failed", "archive_refused")
 
 FILES_ACCEPTED = Counter("xray_upload_files_accepted", "Uploaded files accepted (new studies and duplicates)")

@@ -138,6 +138,9 @@ class Study(Base):
     findings: Mapped[list[Finding]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="Finding.id"
     )
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", order_by="Delivery.id"
+    )
 
 
 class Finding(Base):
@@ -161,6 +164,38 @@ class Finding(Base):
     box_h: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="findings")
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Delivery(Base):
+    """The sending of a done study's results (SR and Secondary Capture) to one DICOM destination
+    (migration 0007): `pending` until every object was accepted (`sent`), or `failed` with the last
+    reason once its attempts are used up. Written with the study's findings, in the same transaction."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("study_id", "destination", name="uq_deliveries_study_destination"),
+        Index("ix_deliveries_status_updated", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False)
+    destination: Mapped[str] = mapped_column(String(200), nullable=False)  # AE@host:port
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, nullable=False
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship(back_populates="deliveries")
 
 
 class Review(Base):

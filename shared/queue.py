@@ -10,6 +10,7 @@ from celery import Celery
 from shared.config import Settings
 
 TASK_DIAGNOSE = "worker.tasks.diagnose_study"
+TASK_DELIVER = "worker.tasks.deliver_results"  # send a done study's SR and Secondary Capture by C-STORE
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
@@ -20,7 +21,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, object]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue_name,
-        "task_routes": {TASK_DIAGNOSE: {"queue": settings.queue_name}},
+        "task_routes": {TASK_DIAGNOSE: {"queue": settings.queue_name},
+                        TASK_DELIVER: {"queue": settings.queue_name}},
         # Long, memory-heavy tasks: acknowledge only when done, requeue when a worker dies,
         # take one message at a time.
         "task_acks_late": True,
@@ -50,6 +52,11 @@ def make_celery(settings: Settings, broker_url: str, name: str = "xray") -> Cele
 def enqueue_diagnosis(app: Celery, study_id: int) -> None:
     """Send one study to the workers. Call only after the study row is committed."""
     app.send_task(TASK_DIAGNOSE, args=[study_id])
+
+
+def enqueue_delivery(app: Celery, study_id: int) -> None:
+    """Send a done study's results to its pending DICOM destinations. Call after its rows are committed."""
+    app.send_task(TASK_DELIVER, args=[study_id])
 
 
 # Workers announce themselves in Redis so that /healthz can report the model version they serve.

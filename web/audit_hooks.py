@@ -39,6 +39,9 @@ AUDITED: dict[str, str] = {
     "media.image": audit.VIEW,
     "api.review_study": audit.REVIEW,
     "api.export_study": audit.EXPORT,
+    "results.structured_report": audit.EXPORT,
+    "results.overlay": audit.EXPORT,
+    "results.fhir": audit.EXPORT,
     # The CSV exports (api.export_batch, api.export_worklist) record one event per exported study
     # while the rows stream out: see `audited_export`.
 }

@@ -9,7 +9,7 @@ from flask import url_for
 
 from shared.deid import BURNED_IN_WARNING
 from shared.findings import DISPLAY_NAMES, FINDINGS, URGENCY
-from shared.models import Batch, Finding, Study, StudyStatus
+from shared.models import Batch, Delivery, Finding, Study, StudyStatus
 
 DICOM_FIELDS = (
     ("patient_id", "patient_id"),
@@ -105,6 +105,31 @@ def study_detail(study: Study) -> dict[str, Any]:
         "warnings": [BURNED_IN_WARNING] if study.burned_in_annotation else [],
         "image_url": url_for("media.image", study_id=study.id),
         "findings": [finding_json(study, f) for f in ordered_findings(study)],
+        "results": results_urls(study),
+        "deliveries": [delivery_json(d) for d in study.deliveries],
+    }
+
+
+def results_urls(study: Study) -> dict[str, str] | None:
+    """The study's results in the hospital's formats (web/results.py), once it is done."""
+    if study.status != StudyStatus.DONE.value:
+        return None
+    return {
+        "dicom_sr": url_for("results.structured_report", study_id=study.id),
+        "dicom_overlay": url_for("results.overlay", study_id=study.id),
+        "fhir": url_for("results.fhir", study_id=study.id),
+    }
+
+
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """The sending of the results to one DICOM destination (worker/delivery.py)."""
+    return {
+        "destination": delivery.destination,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "error": delivery.error,
+        "sent_at": iso(delivery.sent_at),
+        "updated_at": iso(delivery.updated_at),
     }
 
 

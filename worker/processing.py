@@ -33,7 +33,7 @@ from shared.display import display_png
 from shared.gradcam import cam_sheet_png
 from shared.images import InvalidImage, XRayImage, read_image
 from shared.logs import add_log_context
-from shared.models import Finding, Study, StudyStatus
+from shared.models import Delivery, Finding, Study, StudyStatus
 from shared.storage import Storage, StorageError, StoredFileMissing
 from shared.triage import triage
 
@@ -243,6 +243,9 @@ def record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Dia
             log.info("study %s was finished by another delivery; keeping that result", study_id)
             return Outcome(study_id, "skipped", "finished by another delivery")
         session.execute(insert(Finding), findings)
+        if settings.dicom_destinations:  # results go to each DICOM destination (worker/delivery.py)
+            session.execute(insert(Delivery), [{"study_id": study_id, "destination": str(destination)}
+                                               for destination in settings.dicom_destinations])
     log.info("study %s done: urgency %.3f, %d positive", study_id, result.urgency, len(diagnosis.positives))
     return Outcome(study_id, StudyStatus.DONE.value)
 

@@ -1,5 +1,6 @@
 """The reconciler: finds studies left `queued` or `processing` too long (a lost message, a killed
-worker) and sends them to the workers again.
+worker) and sends them to the workers again; likewise deliveries of results left `pending` with no
+try for longer than any retry waits (`claim_stale_deliveries`).
 
 Each `xray worker` main process runs `Reconciler`, a timer thread outside the queue (a backlog of
 studies cannot hold it back). Every `reconcile_interval_s` it claims the stale studies in one
@@ -25,8 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.models import Study, StudyStatus
-from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis
+from shared.models import Delivery, DeliveryStatus, Study, StudyStatus
+from shared.queue import TASK_DIAGNOSE, enqueue_delivery, enqueue_diagnosis
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,28 @@ def claim_stale_studies(session_factory: sessionmaker[Session], settings: Settin
     if ids:
         log.warning("reconciler: re-enqueueing %d stale studies: %s", len(ids), sorted(ids)[:20])
     return sorted(ids)
+
+
+def delivery_stale_after_s(settings: Settings) -> float:
+    """A pending delivery untried for longer than the longest retry wait plus a task's time is lost."""
+    from worker.processing import RETRY_CAP_S
+
+    return RETRY_CAP_S + settings.task_time_limit_s + PROCESSING_MARGIN_S
+
+
+def claim_stale_deliveries(session_factory: sessionmaker[Session], settings: Settings, now: datetime) -> list[int]:
+    """Ids of the studies whose results to send again: a pending delivery row untried for
+    `delivery_stale_after_s` (its message was lost, or could not be sent). Claimed like studies."""
+    stale = now - timedelta(seconds=delivery_stale_after_s(settings))
+    with session_scope(session_factory) as session:
+        ids = session.execute(
+            update(Delivery).where(Delivery.status == DeliveryStatus.PENDING.value, Delivery.updated_at < stale)
+            .values(updated_at=now).returning(Delivery.study_id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all()
+    if ids:
+        log.warning("reconciler: re-enqueueing the delivery of %d studies' results", len(set(ids)))
+    return sorted(set(ids))
 
 
 def waiting_study_ids(client: redis.Redis, queue_name: str) -> set[int]:
@@ -127,6 +150,8 @@ class Reconciler:
                     waiting = waiting_study_ids(client, self._settings.queue_name)
                     for study_id in claim_stale_studies(session_factory, self._settings, datetime.now(UTC), waiting):
                         enqueue_diagnosis(self._app, study_id)
+                    for study_id in claim_stale_deliveries(session_factory, self._settings, datetime.now(UTC)):
+                        enqueue_delivery(self._app, study_id)
                 except Exception as exc:  # noqa: BLE001 - the database or Redis may be briefly away
                     log.warning("reconciler: could not reconcile now (%s); trying again in %.0f s",
                                 type(exc).__name__, self._interval_s)

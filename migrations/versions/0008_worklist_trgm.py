@@ -8,7 +8,7 @@ database role may (it is a trusted extension from PostgreSQL 13: the database's 
 may not, the indexes are skipped with a warning and search still works, by a scan. SQLite: nothing.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-04 21:30:00+00:00
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
