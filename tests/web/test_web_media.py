@@ -17,7 +17,7 @@ from shared.display import display_png
 from shared.gradcam import cam_sheet_png, heatmap_layer_png
 from shared.images import read_image
 from shared.models import Batch, Finding, Study
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.web.support import add_study, make_app, session_for, upload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +89,7 @@ def test_dicom_is_shown_through_its_display_picture(settings: Settings, png: byt
     # Until the worker has made its display picture, there is nothing to show (and nothing decoded here).
     waiting = client.get(f"/studies/{study_id}/image")
     assert waiting.status_code == 404 and "once the study is diagnosed" in waiting.get_data(as_text=True)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     with session_for(settings) as session:
         study = session.get(Study, study_id)
         decoded = read_image(storage.read(study.stored_path), settings.limits)
@@ -113,7 +113,7 @@ def test_dicom_is_shown_through_its_display_picture(settings: Settings, png: byt
 
 
 def _study_with_heatmap(settings: Settings, heatmap: bytes | None, label: str = "Effusion") -> int:
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     with session_for(settings) as session:
         batch = Batch()
         session.add(batch)
@@ -145,7 +145,7 @@ def _sheet(effusion: np.ndarray) -> bytes:
 
 def test_each_finding_gets_its_own_map_from_the_one_sheet(settings: Settings) -> None:
     app, _ = make_app(settings)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     maps = {"Effusion": _cam(), "Mass": _cam()[::-1, ::-1]}
     with session_for(settings) as session:
         batch = Batch()
