@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "cli.evaluate",
     "submit": "cli.submit",
     "user": "cli.user",
+    "storage": "cli.storage",
 }
 
 
