@@ -222,10 +222,7 @@ class S3Place:
     prefix: str
 
     def settings(self, base: Settings) -> Settings:
-        env = self.env()
-        return base.with_overrides(storage_url=env["STORAGE_URL"], s3_endpoint_url=env["S3_ENDPOINT_URL"],
-                                   s3_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                                   s3_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        return self.server.settings(base, self.bucket, self.prefix)  # type: ignore[no-any-return]
 
     def env(self) -> dict[str, str]:
         return self.server.env(self.bucket, self.prefix)

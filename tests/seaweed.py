@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from shared.config import Settings
 from shared.storage_s3 import S3Storage
 
 ACCESS_KEY = "xray-test-access"
@@ -67,7 +69,7 @@ class SeaweedServer:
                 f"-filer.localSocket={self.directory / 'filer.sock'}", f"-s3.localSocket={self.directory / 's3.sock'}",
                 # Like a real store: no bucket appears by itself. Small volumes, no telemetry.
                 "-s3.autoCreateBucket=false", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
-                "-volume.max=100", "-volume.preStopSeconds=0"]
+                "-volume.max=100", "-volume.preStopSeconds=0", "-master.electionTimeout=1s"]
         argv += [f"-{name}={port}" for name, port in self.ports.items()]
         # TMPDIR: weed puts its gRPC sockets and log files there; they stay in our folder, not /tmp.
         env = {**os.environ, "TMPDIR": str(self.directory)}
@@ -77,14 +79,22 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                client.list_buckets()
-                return
+                if self._volume_server_joined():
+                    client.list_buckets()
+                    return
             except Exception:  # noqa: BLE001 - not answering yet
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"weed server did not start: {self.log_tail()}")
             time.sleep(0.2)
+
+    def _volume_server_joined(self) -> bool:
+        """The S3 gateway answers before the volume server has told the master about its volumes;
+        until then reads of stored objects fail. Ready means the master counts volume slots."""
+        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(json.load(response)["Topology"]["Max"]) > 0
 
     def stop(self, kill: bool = True) -> None:
         """SIGKILL (a crash) or SIGTERM; the data stays for the next start."""
@@ -125,6 +135,12 @@ class SeaweedServer:
         return {"STORAGE_URL": f"s3://{bucket}/{prefix}".rstrip("/"), "S3_ENDPOINT_URL": self.endpoint_url,
                 "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def settings(self, base: Settings, bucket: str, prefix: str = "") -> Settings:
+        """`base` with its storage in this store (what `env` gives a process, as Settings)."""
+        return base.with_overrides(storage_url=f"s3://{bucket}/{prefix}".rstrip("/"),
+                                   s3_endpoint_url=self.endpoint_url, s3_access_key_id=ACCESS_KEY,
+                                   s3_secret_access_key=SECRET_KEY)
 
     def storage(self, bucket: str, prefix: str = "") -> S3Storage:
         return S3Storage(bucket, prefix, endpoint_url=self.endpoint_url, access_key_id=ACCESS_KEY,
