@@ -106,6 +106,7 @@ def _machine(root: Path, name: str, shared_env: dict[str, str], bundle: Path | N
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_SETTINGS)}
     env.update(shared_env)
     env["XRAY_VAR_DIR"] = str(folder / "var")
+    env["HOME"] = str(folder)  # what programs keep in a home folder (gunicorn's control socket) stays here
     if bundle is not None:
         env["MODEL_DIR"] = str(shutil.copytree(bundle, folder / "model"))
     return Machine(name, folder, env)
