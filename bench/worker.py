@@ -74,7 +74,7 @@ class WorkerPath:
     def __init__(self, scratch: Path, paths: list[Path]) -> None:
         from shared.config import load_settings
         from shared.db import make_engine, make_session_factory
-        from shared.storage import Storage
+        from shared.storage import LocalStorage
 
         self.settings = load_settings({"XRAY_VAR_DIR": str(scratch / "var")})
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ class WorkerPath:
         common.xray(common.PROJECT_ROOT, env, "db", "upgrade")
         self.engine = make_engine(self.settings.database_url)
         self.factory = make_session_factory(self.engine)
-        self.storage = Storage(self.settings.storage_dir)
+        self.storage = LocalStorage(self.settings.storage_dir)
         self.originals = [(p.name, p.read_bytes()) for p in paths]
 
     def add_studies(self) -> list[int]:

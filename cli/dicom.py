@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from shared.db import make_engine, make_session_factory
     from shared.logs import configure_logging
     from shared.queue import enqueue_diagnosis, make_celery
-    from shared.storage import Storage
+    from shared.storage import make_storage
 
     configure_logging()
     settings = load_settings()
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"xray dicom listen: AE {settings.dicom_aet} on {settings.dicom_host}:{settings.dicom_port}, "
           f"calling AEs allowed: {', '.join(settings.dicom_allowed_aets) or 'none'}", flush=True)
     try:
-        serve(settings, make_session_factory(engine), Storage(settings.storage_dir),
+        serve(settings, make_session_factory(engine), make_storage(settings),
               lambda study_id: enqueue_diagnosis(celery, study_id))
     except KeyboardInterrupt:
         pass

@@ -1,7 +1,7 @@
 """`xray worker [--concurrency N] [--loglevel LEVEL]`: a Celery worker (prefork: N processes, each
 with its own model) for the configured queue (XRAY_QUEUE) on REDIS_URL, diagnosing into DATABASE_URL
-and STORAGE_DIR with the bundle at MODEL_DIR. Stop it with SIGTERM or Ctrl-C (warm shutdown: the
-running studies finish)."""
+and the storage (STORAGE_URL, or the folder STORAGE_DIR) with the bundle at MODEL_DIR. Stop it with
+SIGTERM or Ctrl-C (warm shutdown: the running studies finish)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,23 @@ def preflight(settings: object) -> str | None:
         return f"cannot reach the database (DATABASE_URL): {exc}"
     if revision != head():
         return f"the database schema is at {revision or 'nothing'}, not {head()}: run `xray db upgrade`"
+    return storage_problem(settings)
+
+
+def storage_problem(settings: object) -> str | None:
+    """For an object store: does the bucket exist, and do the credentials work? (A local folder is
+    made on the first write.) `xray storage check` tests writing too."""
+    from shared.config import Settings
+    from shared.storage import StorageError, make_storage
+    from shared.storage_s3 import S3Storage
+
+    assert isinstance(settings, Settings)
+    try:
+        storage = make_storage(settings)
+        if isinstance(storage, S3Storage):
+            storage.check_bucket()
+    except (ValueError, StorageError) as exc:
+        return f"cannot use the storage (STORAGE_URL): {exc}"
     return None
 
 

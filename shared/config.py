@@ -104,6 +104,15 @@ class Settings:
     database_url: str = ""
     redis_url: str | None = None  # None: `xray up` starts an embedded Redis server
     storage_dir: Path = field(default_factory=lambda: default_var_dir() / "storage")
+    # shared.storage.make_storage: "" (STORAGE_DIR), file:///path, or s3://bucket/prefix. For S3, the
+    # endpoint of a store other than AWS (SeaweedFS, MinIO, Ceph) and the usual AWS_* credentials;
+    # without keys, boto3's own chain (profile, instance or pod role) is used.
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_session_token: str | None = field(default=None, repr=False)
     model_dir: Path = PROJECT_ROOT / "models" / "demo"
     secret_key: str = ""
     queue_name: str = "xray.diagnose"
@@ -160,6 +169,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         database_url=env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'xray.db'}",
         redis_url=env.get("REDIS_URL") or None,
         storage_dir=Path(env.get("STORAGE_DIR") or var_dir / "storage"),
+        storage_url=env.get("STORAGE_URL") or "",
+        s3_endpoint_url=env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None,
+        s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        s3_session_token=env.get("AWS_SESSION_TOKEN") or None,
         model_dir=Path(env.get("MODEL_DIR") or PROJECT_ROOT / "models" / "demo"),
         secret_key=env.get("SECRET_KEY") or "",
         queue_name=env.get("XRAY_QUEUE") or "xray.diagnose",

@@ -25,7 +25,7 @@ from shared.deid import BURNED_IN_WARNING, deidentify_upload
 from shared.images import ImageInfo, InvalidImage, inspect_image
 from shared.intake_metrics import count_intake
 from shared.models import Batch, BatchUploader, Study, StudyStatus
-from shared.storage import Storage, StorageError
+from shared.storage import Storage, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,11 @@ class IntakeResult:
 class IntakeError(Exception):
     """The request as a whole failed (storage or database): nothing was committed or enqueued."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as Retry-After: the failure should pass by then
 
 
 def sanitise_filename(raw: str | None) -> str:
@@ -127,6 +128,9 @@ def _storage_failure(exc: StorageError) -> IntakeError:
     if isinstance(cause, OSError) and cause.errno in NO_SPACE_ERRNOS:
         return IntakeError(507, "The server's storage is full, so no study of this upload was saved. "
                                 "Ask the administrator to free space, then upload again.")
+    if isinstance(exc, StorageUnavailable):
+        return IntakeError(503, f"The image storage is unavailable right now ({exc}), so no study of this "
+                                "upload was saved. Please upload again in a minute.", retry_after_s=30)
     return IntakeError(500, f"The server could not store the files ({exc}), so no study of this upload "
                             "was saved. Please retry; if it persists, tell the administrator.")
 

@@ -31,7 +31,7 @@ from shared.findings import FINDINGS
 from shared.gradcam import Box, cam_from_png
 from shared.images import read_image
 from shared.models import Finding, Study, StudyStatus
-from shared.storage import Storage, StoredFileMissing
+from shared.storage import Storage
 
 RESEARCH_NOTICE = "AI research demo, not for diagnosis"
 MANUFACTURER = "Diagnose My X-Ray"
@@ -141,13 +141,8 @@ def source_header(storage: Storage, done: DoneStudy) -> Dataset:
     """The patient, study and instance attributes the results copy: the stored DICOM's header (pixel
     data not read), or the "unknown patient" of a PNG/JPEG study. Type 2 attributes are always present."""
     if done.format == "dicom":
-        path = storage.path(done.stored_path)
-        try:
-            with open(path, "rb") as handle:
-                has_preamble = handle.read(132)[128:132] == b"DICM"
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=not has_preamble)
-        except FileNotFoundError as exc:
-            raise StoredFileMissing(f"the stored file {done.stored_path} is missing from the server's storage") from exc
+        data = storage.read(done.stored_path)  # StoredFileMissing when it is gone
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=data[128:132] != b"DICM")
         if "StudyInstanceUID" not in header or not str(header.StudyInstanceUID).strip():
             header.StudyInstanceUID = done.uid("study")
         return with_type2_attributes(header)

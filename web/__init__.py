@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     """Build the app. `settings` default to the environment; `celery` (the producer) defaults to
     `shared.queue.make_celery(settings, settings.redis_url)`; tests inject one."""
     from shared.queue import make_celery
-    from shared.storage import Storage
+    from shared.storage import make_storage
     from web import api, dicomweb, health, media, ops, pages, results, users
     from web.audit_hooks import register_audit
     from web.auth import check_secret_key, register_auth
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
-        storage=Storage(settings.storage_dir),
+        storage=make_storage(settings),
         celery=celery,
     )
     app.teardown_appcontext(close_db_session)

@@ -6,7 +6,8 @@ Upload status codes (POST /api/v1/batches and POST /api/v1/batches/<id>/files):
   `enqueued` is false and `warning` says so.
 - 422: every file rejected: same body (`batch_id` null for a new batch, nothing written) plus `error`.
 - 400 no `files` field; 404 unknown batch; 403 cross-site browser request; 413 body over
-  `max_upload_bytes`; 507 storage full / 500 storage or database failure: no study committed.
+  `max_upload_bytes`; 507 storage full / 503 storage unreachable (e.g. the object store is down) /
+  500 other storage or database failure: no study committed.
 - 200: nothing new, but every accepted file was a duplicate (its bytes' sha256 matches an earlier
   study the sender may see: an uploader's own uploads, anyone's for a radiologist or admin; bytes
   another uploader sent make a new study instead): each is listed under `accepted` with that study's
@@ -122,7 +123,8 @@ def _receive(batch_id: int | None) -> tuple[Response, int]:
             duplicates_of=_duplicate_scope(),
         )
     except IntakeError as exc:
-        return jsonify(error=exc.message), exc.status_code
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else {}
+        return jsonify(error=exc.message), exc.status_code, retry
     g.intake_result = result  # for the audit (web.audit_hooks)
     body = _intake_json(result)
     if result.accepted and all(a.duplicate for a in result.accepted):

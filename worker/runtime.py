@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.storage import Storage
+from shared.storage import Storage, make_storage
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def start_runtime(settings: Settings, redis_url: str | None, processes: int = 1)
         heartbeat = Heartbeat(settings, redis_url, predictor.version, predictor.trained, predictor.runtime_name)
         heartbeat.start()
     _runtime = WorkerRuntime(settings=settings, engine=engine, session_factory=make_session_factory(engine),
-                             storage=Storage(settings.storage_dir), diagnoser=diagnoser, heartbeat=heartbeat)
+                             storage=make_storage(settings), diagnoser=diagnoser, heartbeat=heartbeat)
     return _runtime
 
 

@@ -24,7 +24,7 @@ from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.queue import enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.conftest import TEST_POSTGRES_ADMIN_URL
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
@@ -69,7 +69,7 @@ def test_database_outage_mid_batch(settings: Settings, redis_url: str, postgres_
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     ids = insert_studies(factory, storage, kermany_payloads(kermany_dir, 200 + BATCH)[200:], "database outage")
     producer = make_celery(settings, redis_url)
     log_path = tmp_path / "worker.log"

@@ -19,7 +19,7 @@ from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.queue import enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -45,7 +45,7 @@ def test_redis_restart_mid_batch(settings: Settings, service_bundle: Path, kerma
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     offset = 100 if kill else 0  # other images for each run: nothing shared between them
     payloads = kermany_payloads(kermany_dir, offset + BATCH)[offset:]
     ids = insert_studies(factory, storage, payloads, f"redis restart ({'kill' if kill else 'term'})")

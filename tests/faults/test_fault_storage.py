@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.models import Batch, Study
 from shared.queue import enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.faults.support import (
     all_finished,
     assert_done_exactly_once,
@@ -149,7 +149,7 @@ def test_worker_on_full_storage_retries_then_finishes_or_fails_with_reason(
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         factory = make_session_factory(engine)
-        storage = Storage(settings.storage_dir)
+        storage = LocalStorage(settings.storage_dir)
         payloads = kermany_payloads(kermany_dir, 304)[300:]
         recover = insert_studies(factory, storage, payloads[:2], "full, then freed")
         give_up: list[int] = []

@@ -21,7 +21,7 @@ from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.queue import enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
     all_finished,
@@ -53,7 +53,7 @@ def test_kill_pool_process_mid_batch(settings: Settings, redis_url: str, service
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     # One study in the middle is a large (slow to decode) image: killing the pool process while that
     # study is `processing` is then certain to hit a study in flight, however fast the others are.
     payloads = kermany_payloads(kermany_dir, BATCH)
@@ -122,7 +122,7 @@ def test_study_that_kills_its_worker_every_time_ends_failed(settings: Settings, 
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     poison = insert_studies(factory, storage, [("huge.png", _large_png())], "poison", ["png"])[0]
     others = insert_studies(factory, storage, kermany_payloads(kermany_dir, 503)[500:], "behind it")
     producer = make_celery(settings, redis_url)

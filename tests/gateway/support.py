@@ -23,7 +23,7 @@ from gateway.receiver import serve
 from migrations import upgrade
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.dicom_factory import dicom_from_array
 
 
@@ -62,7 +62,7 @@ def running_receiver(settings: Settings, allowed: tuple[str, ...]) -> Iterator[R
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     receiver = Receiver(settings, port, make_session_factory(engine))
-    server = serve(settings, receiver.session_factory, Storage(settings.storage_dir), receiver.enqueued.append,
+    server = serve(settings, receiver.session_factory, LocalStorage(settings.storage_dir), receiver.enqueued.append,
                    block=False)
     try:
         yield receiver

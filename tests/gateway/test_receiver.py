@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.db import session_scope
 from shared.images import read_image
 from shared.models import Study
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.dicom_factory import dicom_from_array
 from tests.gateway.support import Receiver, chest_dicoms, need, running_orthanc, running_receiver
 
@@ -124,7 +124,7 @@ def test_orthanc_pushes_studies_to_the_receiver(settings: Settings, nih_full_ima
         assert len(studies) == 4 and all(s[2] == "queued" for s in studies)
         assert receiver.enqueued == [s[0] for s in studies]
         # What arrived is the same picture (MONOCHROME1 the right way round), compressed or not.
-        storage = Storage(receiver.settings.storage_dir)
+        storage = LocalStorage(receiver.settings.storage_dir)
         with session_scope(receiver.session_factory) as session:
             stored = [storage.read(s.stored_path) for s in session.scalars(select(Study).order_by(Study.id))]
         expected = sorted(np.asarray(Image.open(p).convert("L").resize((256, 256)), np.float64).mean()

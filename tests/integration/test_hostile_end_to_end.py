@@ -26,7 +26,7 @@ from shared.db import make_engine, make_session_factory
 from shared.images import sniff_format
 from shared.models import Batch, Study
 from shared.queue import TASK_DIAGNOSE, enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.faults.support import (
     all_finished,
     fault_env,
@@ -136,7 +136,7 @@ def test_worker_fails_each_hostile_study_with_its_reason_and_keeps_going(
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    ids = insert_studies(factory, Storage(settings.storage_dir), payloads, "hostile originals", formats)
+    ids = insert_studies(factory, LocalStorage(settings.storage_dir), payloads, "hostile originals", formats)
     hostile_ids, valid_ids = ids[0::2], ids[1::2]
     producer = make_celery(settings, redis_url)
     log_path = tmp_path / "worker.log"

@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.models import Delivery
 from shared.queue import enqueue_diagnosis, make_celery
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.dicom_factory import dicom_from_png
 from tests.service_harness import service_env, wait_until, worker_process
 from tests.shared.results_support import add_study
@@ -38,7 +38,7 @@ def test_results_reach_a_pacs_that_was_down(settings: Settings, redis_url: str, 
 
         upgrade(settings.database_url)
         factory = make_session_factory(make_engine(settings.database_url))
-        study_id = add_study(factory, Storage(settings.storage_dir), source, "chest.dcm", "dicom")
+        study_id = add_study(factory, LocalStorage(settings.storage_dir), source, "chest.dcm", "dicom")
 
         def delivery() -> Delivery | None:
             with factory() as session:

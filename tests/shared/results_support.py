@@ -19,7 +19,7 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.deid import deidentify_dicom
 from shared.models import Batch, Study
 from shared.results import DoneStudy
-from shared.storage import Storage
+from shared.storage import LocalStorage, Storage
 from tests.dicom_factory import dicom_from_png
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -62,7 +62,7 @@ def make_done_studies(root: Path, png: Path, env: dict[str, str] | None = None) 
     settings = load_settings({"XRAY_VAR_DIR": str(root / "var"), **(env or {})})
     upgrade(settings.database_url)
     factory = make_session_factory(make_engine(settings.database_url))
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     bundle = root / "bundle"
     init_bundle(bundle, input_size=64, seed=3)
     diagnoser = Diagnoser(Classifier.load(bundle))

@@ -48,7 +48,7 @@ def rendered(studies: DoneStudies, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def stored_source(studies: DoneStudies, kind: str) -> pydicom.Dataset:
     done = studies.done(kind)
-    return pydicom.dcmread(studies.storage.path(done.stored_path))
+    return pydicom.dcmread(io.BytesIO(studies.storage.read(done.stored_path)))
 
 
 def text_items(dataset: pydicom.Dataset, meaning: str) -> list[str]:

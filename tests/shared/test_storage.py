@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import FULL_MESSAGE, READ_ONLY_MESSAGE, Storage, StorageError, StoredFileMissing
+from shared.storage import FULL_MESSAGE, READ_ONLY_MESSAGE, LocalStorage, StorageError, StoredFileMissing
 
 
 def _all_files(root: Path) -> list[Path]:
@@ -24,7 +24,7 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def test_put_original_is_content_addressed(tmp_path: Path) -> None:
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     data = b"\x89PNG not really, but bytes" * 100
     digest = hashlib.sha256(data).hexdigest()
     rel = storage.put_original(data, "PNG")
@@ -38,7 +38,7 @@ def test_put_original_is_content_addressed(tmp_path: Path) -> None:
 
 
 def test_put_cam_sheet_replaces_atomically(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     rel = storage.put_cam_sheet(42, b"first")
     assert rel == "heatmaps/00000/42.png"
     inode_before = storage.path(rel).stat().st_ino
@@ -52,7 +52,7 @@ def test_put_cam_sheet_replaces_atomically(tmp_path: Path) -> None:
 
 def test_put_cam_sheet_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file's data, then its folder (the name), then a new folder's parent (the folder)."""
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -74,7 +74,7 @@ def test_put_cam_sheet_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("study_id", [-1, True, "7", 1.5])
 def test_put_cam_sheet_refuses_bad_study_ids(tmp_path: Path, study_id: object) -> None:
     with pytest.raises(StorageError, match="refused the study id"):
-        Storage(tmp_path).put_cam_sheet(study_id, b"x")  # type: ignore[arg-type]
+        LocalStorage(tmp_path).put_cam_sheet(study_id, b"x")  # type: ignore[arg-type]
     assert _all_files(tmp_path) == []
 
 
@@ -84,7 +84,7 @@ def test_put_cam_sheet_refuses_bad_study_ids(tmp_path: Path, study_id: object) -
 )
 def test_path_refuses_traversal(tmp_path: Path, relpath: str) -> None:
     with pytest.raises(StorageError):
-        Storage(tmp_path / "store").path(relpath)
+        LocalStorage(tmp_path / "store").path(relpath)
 
 
 def test_path_refuses_symlink_out_of_root(tmp_path: Path) -> None:
@@ -92,25 +92,25 @@ def test_path_refuses_symlink_out_of_root(tmp_path: Path) -> None:
     root.mkdir()
     (tmp_path / "secret.txt").write_text("secret")
     (root / "link").symlink_to(tmp_path)
-    storage = Storage(root)
+    storage = LocalStorage(root)
     with pytest.raises(StorageError, match="outside the storage folder"):
         storage.read("link/secret.txt")
 
 
 def test_put_original_refuses_bad_extension(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
-        Storage(tmp_path).put_original(b"x", "png/../../x")
+        LocalStorage(tmp_path).put_original(b"x", "png/../../x")
 
 
 def test_read_missing_file(tmp_path: Path) -> None:
     with pytest.raises(StoredFileMissing, match="missing"):
-        Storage(tmp_path).read("originals/ab/abc.png")
+        LocalStorage(tmp_path).read("originals/ab/abc.png")
 
 
 def test_root_that_is_a_file_gives_user_message(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where the storage folder should be")
-    storage = Storage(blocker / "storage")
+    storage = LocalStorage(blocker / "storage")
     with pytest.raises(StorageError) as caught:
         storage.put_original(b"data", "png")
     assert caught.value.message == READ_ONLY_MESSAGE
@@ -118,7 +118,7 @@ def test_root_that_is_a_file_gives_user_message(tmp_path: Path) -> None:
 
 
 def test_read_only_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     real_open = os.open
 
     def read_only_open(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -135,7 +135,7 @@ def test_read_only_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_disk_full_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     kept = storage.put_cam_sheet(7, b"the complete earlier version")
 
     def full(fd: int) -> None:

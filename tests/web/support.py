@@ -99,9 +99,9 @@ def mark_done(settings: Settings, study_id: int) -> None:
     the worker stores (`shared.display`), made from the stored original."""
     from shared.display import display_png
     from shared.images import read_image
-    from shared.storage import Storage
+    from shared.storage import LocalStorage
 
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     with session_for(settings) as session:
         study = session.get(Study, study_id)
         assert study is not None

@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.findings import FINDINGS
 from shared.gradcam import cam_sheet_png
 from shared.models import AuditEvent, Finding, Study
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.conftest import Account
 from tests.dicom_factory import dicom_from_png
 from tests.web.support import make_app, session_for, upload
@@ -34,7 +34,7 @@ def finish(settings: Settings, study_id: int, positive: tuple[str, ...] = ("Effu
     """Record the study as a worker would: 14 findings, boxes on the positive ones, one CAM sheet, done."""
     rng = np.random.default_rng(study_id)
     sheet = cam_sheet_png({label: rng.random((7, 7)) for label in FINDINGS})
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     with session_for(settings) as session:
         study = session.get(Study, study_id)
         assert study is not None
@@ -151,7 +151,7 @@ def test_missing_original_is_a_clear_404(app_and_studies, settings: Settings) ->
         for study_id in (dicom_id, png_id):
             study = session.get(Study, study_id)
             assert study is not None
-            Storage(settings.storage_dir).path(study.stored_path).unlink()
+            LocalStorage(settings.storage_dir).path(study.stored_path).unlink()
     client = app.test_client()
     for study_id, route in ((dicom_id, "sr.dcm"), (dicom_id, "fhir"), (png_id, "overlay.dcm")):
         response = client.get(f"/api/v1/studies/{study_id}/{route}")

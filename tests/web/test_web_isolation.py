@@ -27,10 +27,10 @@ def test_web_never_imports_tensorflow_or_worker(settings: Settings, nih_full_ima
         import numpy as np
         from shared.gradcam import cam_sheet_png  # what the worker stores; the web renders the layer
         from shared.models import Finding
-        from shared.storage import Storage
+        from shared.storage import LocalStorage
         from tests.web.support import session_for
         with session_for(settings) as session:
-            path = Storage(settings.storage_dir).put_cam_sheet(study, cam_sheet_png({{"Mass": np.eye(7)}}))
+            path = LocalStorage(settings.storage_dir).put_cam_sheet(study, cam_sheet_png({{"Mass": np.eye(7)}}))
             session.add(Finding(study_id=study, label="Mass", probability=0.9, threshold=0.5, positive=True,
                                 heatmap_path=path))
             session.commit()

@@ -15,7 +15,7 @@ import shared.images
 from shared.config import Settings
 from shared.gradcam import cam_sheet_png, heatmap_layer_png
 from shared.models import Batch, Finding
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.web.support import add_study, make_app, mark_done, session_for, upload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +106,7 @@ def test_dicom_is_shown_through_its_display_picture(settings: Settings, png: byt
 
 
 def _study_with_heatmap(settings: Settings, heatmap: bytes | None, label: str = "Effusion") -> int:
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     with session_for(settings) as session:
         batch = Batch()
         session.add(batch)
@@ -138,7 +138,7 @@ def _sheet(effusion: np.ndarray) -> bytes:
 
 def test_each_finding_gets_its_own_map_from_the_one_sheet(settings: Settings) -> None:
     app, _ = make_app(settings)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     maps = {"Effusion": _cam(), "Mass": _cam()[::-1, ::-1]}
     with session_for(settings) as session:
         batch = Batch()

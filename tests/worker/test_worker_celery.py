@@ -29,7 +29,7 @@ from shared.gradcam import cam_from_png
 from shared.models import Batch, Finding, Study
 from shared.queue import enqueue_diagnosis, heartbeat_pattern, make_celery
 from shared.runtime import resolve_auto
-from shared.storage import Storage
+from shared.storage import LocalStorage, Storage
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def _run(settings: Settings, redis_url: str, service_bundle: Path, images: list[
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     payloads = [(p.name, p.read_bytes()) for p in images] + [("broken.png", b"not an image\n" * 50)]
     with session_scope(factory) as session:
         batch = Batch(label="celery test")

@@ -27,7 +27,7 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Batch, Study
 from shared.queue import enqueue_diagnosis, make_celery
 from shared.runtime import resolve_auto
-from shared.storage import Storage
+from shared.storage import LocalStorage
 from tests.worker.test_worker_celery import FINISH_TIMEOUT_S, _delete_test_keys, _env, _wait
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_worker_metrics_and_json_logs(settings: Settings, redis_url: str, servic
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    storage = Storage(settings.storage_dir)
+    storage = LocalStorage(settings.storage_dir)
     port = _free_port()
     env = _env(settings, redis_url, service_bundle)
     env.update({"XRAY_WORKER_METRICS_PORT": str(port), "XRAY_WORKER_METRICS_ADDRESS": "127.0.0.1",

@@ -20,7 +20,7 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.findings import FINDINGS, URGENCY
 from shared.gradcam import cam_from_png
 from shared.models import Batch, Finding, Study
-from shared.storage import FULL_MESSAGE, Storage, StorageError
+from shared.storage import FULL_MESSAGE, LocalStorage, Storage, StorageError
 from shared.triage import due_at, triage, urgency
 from worker.metrics import STAGES
 from worker.processing import RetryLater, process_study, retry_delay_s
@@ -48,8 +48,8 @@ def db(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return Storage(settings.storage_dir)
+def storage(settings: Settings) -> LocalStorage:
+    return LocalStorage(settings.storage_dir)
 
 
 def add_study(factory, storage: Storage, data: bytes, name: str = "x.png", fmt: str = "png",  # type: ignore[no-untyped-def]
@@ -179,7 +179,7 @@ def test_dicom_study_gets_a_display_picture_png_does_not(db, storage, diagnoser,
     assert snapshot(db, plain, with_findings=False)[0]["display_path"] is None
 
 
-class WatchedStorage(Storage):
+class WatchedStorage(LocalStorage):
     """Storage that notes what the database showed when the study's sheet was written."""
 
     def __init__(self, root: Path, factory) -> None:  # type: ignore[no-untyped-def]
@@ -205,7 +205,7 @@ def test_study_is_done_only_once_its_sheet_is_stored(db, settings: Settings, dia
     assert cam_from_png(storage.read(findings[0][3]), findings[0][1]).shape == (2, 2)
 
 
-class FullSheetStorage(Storage):
+class FullSheetStorage(LocalStorage):
     """A disk that is full when the sheet is written."""
 
     def put_cam_sheet(self, study_id: int, data: bytes) -> str:
