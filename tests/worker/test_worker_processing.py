@@ -260,7 +260,7 @@ def test_database_down_before_claim_is_retried(storage, diagnoser, settings: Set
     engine.dispose()
 
 
-class BrieflyFullStorage(Storage):
+class BrieflyFullStorage(LocalStorage):
     """A disk that is full for the first `full_for` sheet writes, then has room again."""
 
     def __init__(self, root: Path, full_for: int) -> None:
