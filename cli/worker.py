@@ -115,7 +115,25 @@ def celery_argv(settings: object, concurrency: int, loglevel: str) -> list[str]:
     ]
 
 
+# glibc's malloc keeps freed memory for the next study: each study allocates the same large buffers
+# (the inflated PNG, the levels, the model's input and outputs), and without this they are fresh,
+# page-faulting pages every time. Read by glibc only when a process starts, so `xray worker` runs
+# itself again with it (before anything heavy is imported); the pool processes inherit it.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=536870912"
+
+
+def with_malloc_tunables(env: dict[str, str]) -> dict[str, str] | None:
+    """The environment to run the worker again with, or None when it already has the tunables."""
+    current = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in current:
+        return None
+    return {**env, "GLIBC_TUNABLES": f"{current}:{MALLOC_TUNABLES}" if current else MALLOC_TUNABLES}
+
+
 def run(args: argparse.Namespace) -> int:
+    tuned = with_malloc_tunables(dict(os.environ))
+    if tuned is not None and sys.platform.startswith("linux"):
+        os.execve(sys.executable, [sys.executable, "-m", "cli.main", *sys.argv[1:]], tuned)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported anywhere
     from shared.config import load_settings
 

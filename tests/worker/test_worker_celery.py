@@ -192,3 +192,12 @@ def test_worker_refuses_to_start_without_redis_or_schema(settings: Settings, ser
     run = subprocess.run([sys.executable, "-m", "cli.main", "worker"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "run `xray db upgrade`" in run.stderr
+
+
+def test_the_worker_runs_with_malloc_keeping_freed_memory() -> None:
+    from cli.worker import MALLOC_TUNABLES, with_malloc_tunables
+
+    assert with_malloc_tunables({})["GLIBC_TUNABLES"] == MALLOC_TUNABLES
+    assert with_malloc_tunables({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})["GLIBC_TUNABLES"] == \
+        f"glibc.malloc.hugetlb=1:{MALLOC_TUNABLES}"
+    assert with_malloc_tunables({"GLIBC_TUNABLES": MALLOC_TUNABLES}) is None  # already run again: no loop
