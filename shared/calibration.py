@@ -4,9 +4,9 @@ probabilities come out (the service's `Diagnoser` and `xray evaluate`), with Num
 The card's `calibration` is `{}` (none: the network's sigmoid outputs are served as they are) or
 `{"method": "platt", "per_finding": {label: {"slope": a, "intercept": b}, ...}, ...}`: the served
 probability is `sigmoid(a * logit(p) + b)` where `p` is the network's output. Temperature scaling is
-the special case `b = 0, a = 1 / T`. A slope of 0 serves a constant (the finding's base rate): the
-model has shown no usable signal for it. Slopes are never negative, so the ranking of images (and so
-the AUROC) never changes.
+the special case `b = 0, a = 1 / T`. Slopes are positive, so the ranking of images (and so the
+AUROC) never changes; a slope near 0 serves nearly the finding's base rate to every image: the
+model showed no usable signal for it on validation.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 PLATT = "platt"
-# Outputs are clipped this far from 0 and 1 before the logit: a float32 sigmoid saturates to
-# exactly 0 or 1 for logits beyond about +-17.
-_EPSILON = 1e-7
+# Outputs are clipped to [_LOW, 1 - _HIGH] before the logit (in float64): float32 outputs reach
+# down to 1e-45 and up to 1 - 6e-8, and a wider clip would tie images that the network still ranks.
+_LOW = 1e-45
+_HIGH = 1e-15
 
 
 class CalibrationError(ValueError):
@@ -27,7 +28,7 @@ class CalibrationError(ValueError):
 
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPSILON, 1.0 - _EPSILON)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), _LOW, 1.0 - _HIGH)
     return np.log(p) - np.log1p(-p)
 
 
@@ -62,7 +63,7 @@ def apply_calibration(raw: np.ndarray, calibration: Mapping[str, Any], labels: S
 
 
 def validate_calibration(calibration: Mapping[str, Any], labels: Sequence[str]) -> None:
-    """Refuse a calibration block that is not Platt scaling with a finite, non-negative slope and a
+    """Refuse a calibration block that is not Platt scaling with a finite, positive slope and a
     finite intercept for every label."""
     if not calibration:
         return
@@ -77,5 +78,5 @@ def validate_calibration(calibration: Mapping[str, Any], labels: Sequence[str]) 
             slope, intercept = float(entry["slope"]), float(entry["intercept"])
         except (KeyError, TypeError, ValueError):
             raise CalibrationError(f"calibration of {label}: needs numeric 'slope' and 'intercept'") from None
-        if not (np.isfinite(slope) and np.isfinite(intercept)) or slope < 0:
-            raise CalibrationError(f"calibration of {label}: slope must be finite and >= 0, intercept finite")
+        if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
+            raise CalibrationError(f"calibration of {label}: slope must be finite and > 0, intercept finite")

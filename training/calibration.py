@@ -3,8 +3,9 @@ measuring calibration (expected calibration error, Brier score, reliability diag
 
 Calibration (per finding, Platt scaling on the network's logit, see `shared.calibration`):
 - a finding with at least `MIN_POSITIVES` validation positives gets its own slope and intercept,
-  fitted by maximum likelihood with the slope bounded to [0, MAX_SLOPE] (never negative, so the
-  ranking of images is kept; 0 when the model shows no signal for it);
+  fitted by maximum likelihood with the slope bounded to [MIN_SLOPE, MAX_SLOPE] (positive, so the
+  ranking of images and the AUROC are kept; MIN_SLOPE, nearly the base rate for every image, when
+  validation shows no signal for it);
 - any other finding keeps the model's ranking with the median slope of the fitted findings (how
   over- or under-confident this network is in general; 1 when none was fitted) and an intercept that
   makes its mean validation probability equal its prevalence in the training split.
@@ -32,6 +33,7 @@ from shared.findings import FINDINGS
 from training.metrics import binary_counts
 
 MIN_POSITIVES = 5
+MIN_SLOPE = 0.01
 MAX_SLOPE = 10.0
 THRESHOLD_MIN = 0.001
 THRESHOLD_MAX = 0.999
@@ -52,7 +54,7 @@ def threshold_rule() -> str:
 
 def fit_platt(y: np.ndarray, raw: np.ndarray) -> tuple[float, float]:
     """Maximum-likelihood (slope, intercept) of sigmoid(a * logit(raw) + b) for 0/1 labels y,
-    slope bounded to [0, MAX_SLOPE]."""
+    slope bounded to [MIN_SLOPE, MAX_SLOPE]."""
     z = logit(raw)
     y = np.asarray(y, dtype=np.float64)
 
@@ -65,14 +67,14 @@ def fit_platt(y: np.ndarray, raw: np.ndarray) -> tuple[float, float]:
 
     prevalence = np.clip(y.mean(), 1e-3, 1 - 1e-3)
     start = np.array([1.0, float(np.log(prevalence / (1 - prevalence)) - np.mean(z))])
-    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, MAX_SLOPE), (None, None)])
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(MIN_SLOPE, MAX_SLOPE), (None, None)])
     return float(result.x[0]), float(result.x[1])
 
 
 def prior_intercept(raw: np.ndarray, slope: float, prevalence: float) -> float:
     """The intercept b with mean(sigmoid(slope * logit(raw) + b)) == prevalence."""
     z = slope * logit(raw)
-    return float(brentq(lambda b: float(np.mean(sigmoid(z + b))) - prevalence, -60.0, 60.0))
+    return float(brentq(lambda b: float(np.mean(sigmoid(z + b))) - prevalence, -500.0, 500.0))
 
 
 def training_prevalence(train_targets: np.ndarray) -> np.ndarray:

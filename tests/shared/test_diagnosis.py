@@ -102,7 +102,7 @@ def test_the_card_calibration_is_applied_to_served_probabilities(
     """The Diagnoser (whatever the runtime) serves the card's calibrated probabilities; the
     thresholds compare against those."""
     per_finding = {label: {"slope": 0.5, "intercept": -1.0} for label in FINDINGS}
-    per_finding["Mass"] = {"slope": 0.0, "intercept": 0.0}  # no signal: always one half
+    per_finding["Mass"] = {"slope": 1e-9, "intercept": 0.0}  # no signal: one half for every image
     card = dataclasses.replace(classifier.card, calibration={"method": "platt", "per_finding": per_finding})
     calibrated = Diagnoser(Classifier(classifier.model, card)).diagnose(images[0])
     assert calibrated.finding("Mass").probability == pytest.approx(0.5)

@@ -14,6 +14,7 @@ from shared.findings import FINDINGS, index_of
 from training.bootstrap import patient_bootstrap
 from training.calibration import (
     MIN_POSITIVES,
+    MIN_SLOPE,
     RATE_BAND,
     brier_score,
     choose_threshold,
@@ -44,10 +45,17 @@ def test_platt_recovers_a_known_overconfidence_and_lowers_ece() -> None:
     assert brier_score(y, calibrated) < brier_score(y, raw)
 
 
-def test_slope_is_never_negative_so_ranking_is_kept() -> None:
+def test_slope_stays_positive_so_ranking_is_kept() -> None:
     y, raw = _overconfident(1)
-    slope, _ = fit_platt(y, 1.0 - raw)  # anti-correlated outputs
-    assert slope == 0.0
+    slope, intercept = fit_platt(y, 1.0 - raw)  # anti-correlated outputs
+    assert slope == MIN_SLOPE
+    served = 1 / (1 + np.exp(-(slope * logit(1.0 - raw) + intercept)))
+    assert auroc(y, served) == pytest.approx(auroc(y, 1.0 - raw))
+
+
+def test_saturated_float32_outputs_keep_their_order() -> None:
+    raw = np.array([1e-30, 1e-20, 1e-9, 0.5, 1 - 1e-7], dtype=np.float32)
+    assert np.all(np.diff(logit(raw)) > 0)
 
 
 def test_fit_calibration_falls_back_to_prior_matching_without_positives() -> None:
@@ -73,7 +81,7 @@ def test_fit_calibration_falls_back_to_prior_matching_without_positives() -> Non
 def test_apply_calibration_identity_without_a_block_and_refuses_a_bad_one() -> None:
     raw = np.random.default_rng(0).random((4, len(FINDINGS))).astype(np.float32)
     np.testing.assert_array_equal(apply_calibration(raw, {}, FINDINGS), raw)
-    bad = {"method": "platt", "per_finding": {label: {"slope": -1.0, "intercept": 0.0} for label in FINDINGS}}
+    bad = {"method": "platt", "per_finding": {label: {"slope": 0.0, "intercept": 0.0} for label in FINDINGS}}
     with pytest.raises(CalibrationError, match="slope"):
         validate_calibration(bad, FINDINGS)
     with pytest.raises(CalibrationError, match="isotonic"):
