@@ -123,7 +123,8 @@ def prevalence_threshold(scores: np.ndarray, prevalence: float) -> float:
     threshold = float(np.quantile(scores, 1.0 - prevalence, method="higher"))
     if _flag_rate(scores, threshold) > RATE_BAND[1] * prevalence:
         above = scores[scores > threshold]
-        threshold = float(above.min()) if len(above) else np.nextafter(threshold, 1.0)
+        # the next float32 (the service compares float32 probabilities with float32 thresholds)
+        threshold = float(above.min()) if len(above) else float(np.nextafter(np.float32(threshold), np.float32(1)))
     return threshold
 
 
@@ -204,7 +205,7 @@ def calibration_metrics(targets: np.ndarray, raw: np.ndarray, calibrated: np.nda
 
 def positives_per_study(targets: np.ndarray, scores: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
     """Mean number of findings per image: in the labels, and flagged at the thresholds."""
-    cut = np.asarray([thresholds[label] for label in FINDINGS])
+    cut = np.asarray([thresholds[label] for label in FINDINGS], dtype=np.float32)  # as the service compares
     return {
         "labels": round(float(np.asarray(targets).sum(axis=1).mean()), ROUND),
         "flagged": round(float((np.asarray(scores) >= cut).sum(axis=1).mean()), ROUND),

@@ -106,8 +106,10 @@ def test_threshold_falls_back_to_the_prevalence_quantile_and_is_never_0_or_1() -
     assert "fewer than" in source and np.mean(scores >= threshold) == pytest.approx(0.1, abs=0.011)
     assert choose_threshold(y, np.ones(100), 0.1)[0] < 1.0  # clipped
     assert choose_threshold(y, np.zeros(100), 0.1)[0] > 0.0
-    constant = np.full(50, 0.2)
-    assert np.mean(constant >= prevalence_threshold(constant, 0.1)) == 0.0  # ties never all flagged
+    constant = np.full(50, 0.2, dtype=np.float32)
+    cut = prevalence_threshold(constant, 0.1)
+    assert np.mean(constant >= cut) == 0.0  # ties never all flagged...
+    assert np.mean(constant >= np.float32(cut)) == 0.0  # ...also where the service compares in float32
 
 
 def test_training_prevalence_is_never_zero() -> None:
