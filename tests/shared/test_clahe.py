@@ -18,7 +18,7 @@ def test_clahe_spreads_a_low_contrast_image_and_the_card_carries_it() -> None:
     pytest.importorskip("cv2")
     plain = preprocess(PIXELS, 64)
     equalised = preprocess(PIXELS, 64, clahe_settings())
-    assert equalised.shape == plain.shape and equalised[..., 0].std() > 1.5 * plain[..., 0].std()
+    assert equalised.shape == plain.shape and equalised[..., 0].std() > 1.1 * plain[..., 0].std()
 
     class Holder(CardBacked):
         def __init__(self, card: ModelCard) -> None:
