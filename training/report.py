@@ -117,6 +117,8 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
                 )
     if roc_file:
         lines += ["", f"![ROC curves]({roc_file})"]
+    if card is not None and calibration_markdown(card):
+        lines += ["", *calibration_markdown(card)]
     return "\n".join(lines) + "\n"
 
 

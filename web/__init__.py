@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     `shared.queue.make_celery(settings, settings.redis_url)`; tests inject one."""
     from shared.queue import make_celery
     from shared.storage import Storage
-    from web import api, health, media, pages
+    from web import api, health, media, model_page, pages
     from web.audit_hooks import register_audit
     from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     register_security(app)  # the cross-site guard runs first, then the login gate (web/auth.py)
     register_auth(app, settings)
     register_error_handlers(app)
-    for blueprint in (api.bp, pages.bp, media.bp, health.bp):
+    for blueprint in (api.bp, pages.bp, media.bp, health.bp, model_page.bp):
         app.register_blueprint(blueprint)
     register_audit(app)
     return app

@@ -93,6 +93,8 @@ ACCESS: dict[str, Check] = {
     "api.get_worklist": needs(READ_STUDIES),
     "media.image": needs(READ_STUDIES),
     "media.heatmap": needs(READ_STUDIES),
+    "model.page": needs(READ_STUDIES),
+    "model.chart": needs(READ_STUDIES),
     "api.review_study": needs(REVIEW),
     "api.export_study": needs(EXPORT),
     "api.export_batch": needs(EXPORT),
