@@ -1,4 +1,5 @@
-"""`xray model init DIR`: write an UNTRAINED bundle (random weights); `xray model show DIR`: print its card."""
+"""`xray model init DIR`: write an UNTRAINED bundle (random weights); `xray model show DIR`: print its card;
+`xray model calibrate DIR`: refit a trained bundle's calibration and thresholds on its validation split."""
 
 from __future__ import annotations
 
@@ -21,6 +22,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print a bundle's card.json after checking it")
     show.add_argument("directory", type=Path, metavar="DIR")
     show.set_defaults(func=show_command)
+
+    calibrate = actions.add_parser(
+        "calibrate",
+        help="refit a trained bundle's calibration and thresholds on the validation split in its card",
+        description="Predict the validation and test splits recorded in DIR's card, fit per-finding "
+        "Platt scaling and thresholds on validation only, and rewrite card.json (weights unchanged) with "
+        "test metrics, ECE and Brier before/after, report.md, roc.png and reliability.png.",
+    )
+    calibrate.add_argument("directory", type=Path, metavar="DIR")
+    calibrate.add_argument("--images", type=Path, required=True, help="folder of NIH PNG images")
+    calibrate.add_argument("--labels", type=Path, required=True, help="NIH Data_Entry file (.csv or .csv.gz)")
+    calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    calibrate.set_defaults(func=calibrate_command)
 
 
 def init_command(args: argparse.Namespace) -> int:
@@ -50,4 +64,33 @@ def show_command(args: argparse.Namespace) -> int:
     sys.stdout.write(card.to_json())
     if not card.trained:
         print(f"WARNING: {args.directory} is UNTRAINED: random weights, results are meaningless", file=sys.stderr)
+    return 0
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from shared.classifier import BundleError, read_card
+    from training.dataset import DatasetError
+    from training.labels import LabelFileError, read_labels
+    from training.splits import SPLIT_NAMES, Split, SplitError
+    from training.train import TrainingError, calibrate_bundle
+
+    try:
+        card = read_card(args.directory)
+        recorded = card.training.get("split") if card.training else None
+        if not card.trained or not recorded:
+            print(f"error: {args.directory} records no training split; only a trained bundle can be calibrated",
+                  file=sys.stderr)
+            return 2
+        table = read_labels(args.labels)
+        split = Split.from_dict(recorded)
+        subsets = {name: table.subset(split.names(name)) for name in SPLIT_NAMES}
+        result = calibrate_bundle(args.directory, args.images, subsets, progress=not args.no_progress)
+    except (BundleError, DatasetError, LabelFileError, SplitError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    test = result["metrics"].get("calibration_test")
+    if test:
+        print(f"test ECE {test['before']['ece']} -> {test['after']['ece']}, "
+              f"Brier {test['before']['brier']} -> {test['after']['brier']}")
+    print(f"wrote {args.directory}/card.json (version {result['version']}, weights unchanged)")
     return 0

@@ -21,6 +21,16 @@ def _input_size(text: str) -> int:
     return value
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.2,0.2, got {text!r}") from None
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three non-negative shares summing to 1, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -33,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split-lists", type=Path, default=None,
                         help="folder with NIH's train_val_list.txt and test_list.txt "
                         "(default: a deterministic 70/10/20 split by hashed Patient ID)")
+    parser.add_argument("--split-fractions", type=_fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
+                        help="patient shares of the hashed split without --split-lists (default 0.7,0.1,0.2); "
+                        "the test share is the top of the hash range, so 0.6,0.2,0.2 keeps the same test set "
+                        "and gives validation twice the patients")
     parser.add_argument("--out", type=Path, default=Path("models/demo"), help="bundle folder (default models/demo)")
     parser.add_argument("--image-size", type=_input_size, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
@@ -54,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                         help="stop after the epoch that would otherwise overrun this many minutes")
+    parser.add_argument("--clahe", action="store_true",
+                        help="contrast-limited histogram equalisation (OpenCV) after the resize; recorded in the "
+                        "card, so the service applies it too (needs opencv-python-headless)")
     parser.add_argument("--no-augment", action="store_true", help="no augmentation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="replace a bundle already in --out")
@@ -81,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         labels_path=args.labels,
         out_dir=args.out,
         split_lists=args.split_lists,
+        split_fractions=args.split_fractions,
         image_size=args.image_size,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -94,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         max_pos_weight=args.max_pos_weight,
         augment=not args.no_augment,
+        clahe=args.clahe,
         progress=not args.no_progress,
     )
     try:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.calibration import CalibrationError, apply_calibration, validate_calibration
 from shared.findings import FINDINGS
 from shared.resize import resize_grey
 
@@ -62,6 +64,10 @@ PREPROCESSING: dict[str, Any] = {
 # variances. A ResNet50 bundle is then about 47 MB instead of 94 MB.
 _HALF_PRECISION_MIN_NDIM = 2
 _UINT8_WHITE = 255.0
+# CLAHE defaults (when a bundle is trained with --clahe): 4x4 tiles at the input size (16 px tiles
+# at 64 px), clip limit 2 (OpenCV's convention: multiples of a flat histogram's bin height).
+CLAHE_CLIP_LIMIT = 2.0
+CLAHE_TILES = 4
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -81,6 +87,7 @@ class ModelCard:
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(PREPROCESSING))
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))
     thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINDINGS, 0.5))
+    calibration: dict[str, Any] = field(default_factory=dict)  # shared.calibration; {} = none
     cam_layer: str = CAM_LAYER
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -122,22 +129,49 @@ def validate_card(card: ModelCard, source: str = "card.json") -> None:
         raise BundleError(f"{source}: thresholds must be within [0, 1]; wrong for {', '.join(bad)}")
     if not isinstance(card.trained, bool):
         raise BundleError(f"{source}: trained must be true or false")
+    try:
+        validate_calibration(card.calibration, card.labels)
+    except CalibrationError as exc:
+        raise BundleError(f"{source}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def preprocess(pixels: np.ndarray, input_size: int) -> np.ndarray:
+def clahe_settings(clip_limit: float = CLAHE_CLIP_LIMIT, tiles: int = CLAHE_TILES) -> dict[str, Any]:
+    """The card's `preprocessing.clahe` entry for contrast-limited histogram equalisation."""
+    return {"clip_limit": float(clip_limit), "tiles": int(tiles), "applied": "after the resize, on 8-bit levels",
+            "library": "OpenCV createCLAHE"}
+
+
+def equalise(resized: np.ndarray, white: float, clahe: Mapping[str, Any]) -> np.ndarray:
+    """CLAHE (OpenCV) of an already resized image with values in [0, white]: applied at the input
+    size, so a full-size image and its thumbnail are equalised alike. Returns float32 in [0, white]."""
+    try:
+        import cv2
+    except ImportError:
+        raise BundleError("this model's preprocessing uses CLAHE, which needs OpenCV: "
+                          "pip install opencv-python-headless") from None
+    levels = np.clip(np.rint(resized * (_UINT8_WHITE / white)), 0, 255).astype(np.uint8)
+    tiles = int(clahe["tiles"])
+    equalised = cv2.createCLAHE(clipLimit=float(clahe["clip_limit"]), tileGridSize=(tiles, tiles)).apply(levels)
+    return equalised.astype(np.float32) * np.float32(white / _UINT8_WHITE)
+
+
+def preprocess(pixels: np.ndarray, input_size: int, clahe: Mapping[str, Any] | None = None) -> np.ndarray:
     """The ONE preprocessing (service and training): (H, W) greyscale -> (S, S, 3) float32.
 
     `pixels` is float in [0, 1], or the uint8 levels of an 8-bit image (`shared.images.XRayImage.
-    source`: level / 255 is the same grey, and the resize reads the levels without a float copy)."""
+    source`: level / 255 is the same grey, and the resize reads the levels without a float copy).
+    `clahe` (the card's `preprocessing.clahe`, see `clahe_settings`) equalises after the resize."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
         raise ValueError(f"preprocess expects a greyscale (H, W) array, got shape {pixels.shape}")
     white = _UINT8_WHITE if pixels.dtype == np.uint8 else 1.0
     scale = np.float32(PREPROCESSING["scale"] / white)
     scaled = resize_grey(pixels, input_size)  # a new float32 array: changed in place below
+    if clahe:
+        scaled = equalise(scaled, white, clahe)
     out = np.empty((input_size, input_size, 3), dtype=np.float32)
     if _resample is not None:  # the same operations in one pass (shared/_resample.c)
         _resample.channels_f32(scaled, out, scaled.size, white, scale, *CAFFE_MEAN_BGR)
@@ -322,8 +356,18 @@ class CardBacked:
     def thresholds(self) -> np.ndarray:
         return np.asarray([self.card.thresholds[label] for label in self.labels], dtype=np.float32)
 
+    @property
+    def clahe(self) -> dict[str, Any] | None:
+        """The card's CLAHE settings, None when the model was trained without it."""
+        return self.card.preprocessing.get("clahe") or None
+
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        return preprocess(pixels, self.input_size)
+        return preprocess(pixels, self.input_size, self.clahe)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """The probabilities served and evaluated: the card's calibration applied to the network's
+        outputs (N, 14) (unchanged when the card has none). Every runtime goes through this."""
+        return apply_calibration(raw, self.card.calibration, self.labels)
 
 
 class Classifier(CardBacked):

@@ -100,7 +100,7 @@ class Diagnoser:
     """Runs a loaded Classifier on images: one batched forward pass, then CAMs and boxes.
 
     `classifier` may be any `shared.runtime.Predictor` (TensorFlow or OpenVINO): only its
-    preprocess/predict, thresholds, labels, version and dense kernel are used."""
+    preprocess/predict/calibrate, thresholds, labels, version and dense kernel are used."""
 
     def __init__(self, classifier: Classifier | Predictor) -> None:
         self.classifier = classifier
@@ -117,7 +117,8 @@ class Diagnoser:
             return []
         batch, preprocess_ms = self._preprocess(images)
         start = time.perf_counter()
-        probabilities, features = self.classifier.predict(batch)
+        raw, features = self.classifier.predict(batch)
+        probabilities = self.classifier.calibrate(raw)  # the card's calibration (identity if none)
         forward_ms = _ms_since(start)
         return [
             self._result(image, probabilities[i], features[i], preprocess_ms[i], forward_ms, len(images))

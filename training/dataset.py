@@ -64,8 +64,10 @@ def load_arrays(
     limits: ImageLimits | None = None,
     progress: bool = True,
     description: str = "images",
+    clahe: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """Decode and preprocess `names` from `images_dir` into one (N, S, S, 3) float32 array."""
+    """Decode and preprocess `names` from `images_dir` into one (N, S, S, 3) float32 array
+    (`clahe`: the card's CLAHE settings, see `shared.classifier.preprocess`)."""
     images_dir = Path(images_dir)
     limits = limits or ImageLimits()
     missing = [name for name in names if not (images_dir / name).is_file()]
@@ -77,7 +79,7 @@ def load_arrays(
     out = np.empty((len(names), input_size, input_size, 3), dtype=np.float32)
     for i, name in enumerate(tqdm(names, desc=f"decode {description}", unit="img", disable=not progress)):
         try:
-            out[i] = preprocess(load_pixels(images_dir / name, limits), input_size)
+            out[i] = preprocess(load_pixels(images_dir / name, limits), input_size, clahe)
         except ValueError as exc:
             raise DatasetError(f"cannot read {images_dir / name}: {exc}") from exc
     return out
@@ -87,14 +89,14 @@ CACHE_FORMAT = 1
 CACHE_CHUNK = 256
 
 
-def cache_key(images_dir: Path, names: Sequence[str], input_size: int) -> str:
+def cache_key(images_dir: Path, names: Sequence[str], input_size: int, clahe: dict[str, Any] | None = None) -> str:
     """Identifies the cached arrays: the folder, the names in order, the size and the preprocessing."""
     identity = {
         "format": CACHE_FORMAT,
         "images": str(Path(images_dir).resolve()),
         "names": list(names),
         "input_size": input_size,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": PREPROCESSING if not clahe else {**PREPROCESSING, "clahe": clahe},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -107,14 +109,15 @@ def cached_arrays(
     limits: ImageLimits | None = None,
     progress: bool = True,
     description: str = "images",
+    clahe: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """`load_arrays`, kept in memory (cache_dir None) or memory-mapped from a .npy file in
     `cache_dir` that is written once and reused by later runs (e.g. `--resume`)."""
     if cache_dir is None:
-        return load_arrays(images_dir, names, input_size, limits, progress, description)
+        return load_arrays(images_dir, names, input_size, limits, progress, description, clahe)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{description}-{input_size}-{cache_key(Path(images_dir), names, input_size)}.npy"
+    path = cache_dir / f"{description}-{input_size}-{cache_key(Path(images_dir), names, input_size, clahe)}.npy"
     if not path.is_file():
         tmp = path.with_name(path.stem + ".partial.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
@@ -122,7 +125,7 @@ def cached_arrays(
         for start in tqdm(range(0, len(names), CACHE_CHUNK), desc=f"cache {description}", unit="chunk",
                           disable=not progress):
             chunk = names[start : start + CACHE_CHUNK]
-            out[start : start + len(chunk)] = load_arrays(images_dir, chunk, input_size, limits, False)
+            out[start : start + len(chunk)] = load_arrays(images_dir, chunk, input_size, limits, False, clahe=clahe)
         out.flush()
         del out
         tmp.replace(path)

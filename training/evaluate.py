@@ -1,6 +1,7 @@
 """Evaluating a bundle on a patient-disjoint split.
 
-Thresholds are chosen on the VALIDATION split (Youden's J) and only applied to the test split.
+Calibration and thresholds are chosen on the VALIDATION split (`training.calibration`) and only
+applied to the test split. Confidence intervals resample patients (`training.bootstrap`).
 Everything here is deterministic: fixed prediction batch size, fixed bootstrap seed, so
 `xray evaluate` reproduces the numbers written into card.json at training time.
 """
@@ -14,18 +15,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.calibration import apply_calibration
 from shared.config import ImageLimits
 from shared.findings import FINDINGS, index_of
+from training.bootstrap import patient_bootstrap
+from training.calibration import (
+    calibration_metrics,
+    choose_thresholds,
+    fit_calibration,
+    positives_per_study,
+    threshold_rule,
+)
 from training.dataset import load_arrays
 from training.labels import BBOX_FRAME, BoundingBox, LabelTable, read_boxes, read_labels
 from training.metrics import (
     auroc,
     binary_counts,
-    bootstrap_auroc_ci,
     iobb,
     micro_scores,
     nanmean,
-    youden_threshold,
 )
 from training.splits import Split, SplitError, split_by_patient, split_from_lists
 
@@ -37,7 +45,6 @@ CHUNK = 256  # images decoded at a time
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
-DEFAULT_THRESHOLD = 0.5
 ROUND = 4
 
 
@@ -65,39 +72,27 @@ def predict(
     limits: ImageLimits | None = None,
     progress: bool = True,
     description: str = "images",
+    calibrated: bool = True,
 ) -> Predictions:
-    """Decode, preprocess and predict every image of `table` (in chunks, fixed batch size)."""
+    """Decode, preprocess and predict every image of `table` (in chunks, fixed batch size); the
+    probabilities are the served ones (the card's calibration applied) unless `calibrated` is False."""
     keep = keep_features_for or set()
     probabilities = np.zeros((len(table), len(FINDINGS)), dtype=np.float32)
     features: dict[str, np.ndarray] = {}
     for start in range(0, len(table), CHUNK):
         names = table.images[start : start + CHUNK]
         arrays = load_arrays(
-            images_dir, names, classifier.input_size, limits, progress=progress, description=description
+            images_dir, names, classifier.input_size, limits, progress=progress, description=description,
+            clahe=classifier.clahe,
         )
         for b in range(0, len(names), PREDICT_BATCH):
-            probs, feats = classifier.predict(arrays[b : b + PREDICT_BATCH])
+            raw, feats = classifier.predict(arrays[b : b + PREDICT_BATCH])
+            probs = classifier.calibrate(raw) if calibrated else raw
             probabilities[start + b : start + b + len(probs)] = probs
             for i, name in enumerate(names[b : b + PREDICT_BATCH]):
                 if name in keep:
                     features[name] = feats[i]
     return Predictions(table.images, table.patients, table.targets.copy(), probabilities, features)
-
-
-def choose_thresholds(validation: Predictions) -> tuple[dict[str, float], dict[str, str]]:
-    """Per-finding Youden's J thresholds on validation predictions, and where each came from
-    (a finding with no positives or no negatives in validation gets DEFAULT_THRESHOLD)."""
-    thresholds: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for k, label in enumerate(FINDINGS):
-        y = validation.targets[:, k]
-        if 0 < y.sum() < len(y):
-            thresholds[label] = float(youden_threshold(y, validation.probabilities[:, k]))
-            sources[label] = "validation Youden's J"
-        else:
-            thresholds[label] = DEFAULT_THRESHOLD
-            sources[label] = f"default {DEFAULT_THRESHOLD} (validation has no positives or no negatives)"
-    return thresholds, sources
 
 
 def classification_metrics(
@@ -106,15 +101,18 @@ def classification_metrics(
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
-    """Per-finding AUROC (+95 % bootstrap CI, n positives), precision/recall/F1 at `thresholds`,
-    mean AUROC over findings where it is defined, and micro-averaged precision/recall/F1."""
+    """Per-finding AUROC (+95 % interval resampling patients, n positives), precision/recall/F1 at
+    `thresholds`, mean AUROC over findings where it is defined (+ its interval), and micro-averaged
+    precision/recall/F1."""
     per_finding: dict[str, dict[str, Any]] = {}
     aurocs: list[float] = []
+    intervals = patient_bootstrap(predictions.targets, predictions.probabilities, predictions.patients,
+                                  n_resamples=n_resamples, seed=seed)
     for k, label in enumerate(FINDINGS):
         y = predictions.targets[:, k]
         scores = predictions.probabilities[:, k]
         value = auroc(y, scores)
-        low, high = bootstrap_auroc_ci(y, scores, n_resamples=n_resamples, seed=seed + k)
+        low, high = intervals.per_finding[k]
         counts = binary_counts(y, scores >= thresholds[label])
         aurocs.append(value)
         per_finding[label] = {
@@ -139,10 +137,11 @@ def classification_metrics(
         "n_images": len(predictions.names),
         "n_patients": len(set(predictions.patients)),
         "mean_auroc": _r(nanmean(aurocs)),
+        "mean_auroc_ci95": [_r(intervals.mean[0]), _r(intervals.mean[1])],
         "mean_auroc_findings": len(defined),
         "micro": {"precision": _r(micro_p), "recall": _r(micro_r), "f1": _r(micro_f1)},
         "per_finding": per_finding,
-        "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "image"},
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "patient"},
     }
 
 
@@ -177,20 +176,45 @@ def localisation_metrics(
     return {"n_boxes": sum(len(v) for v in hits.values()), "per_finding": per_finding, "box_fraction": 0.5}
 
 
+@dataclass
+class Calibrated:
+    """What `calibrate_and_evaluate` chose on validation and measured on both splits."""
+
+    calibration: dict[str, Any]
+    thresholds: dict[str, float]
+    metrics: dict[str, Any]  # the card's `metrics`
+    validation: Predictions  # calibrated probabilities
+    test: Predictions | None
+
+
+def _with_probabilities(predictions: Predictions, probabilities: np.ndarray) -> Predictions:
+    return Predictions(predictions.names, predictions.patients, predictions.targets,
+                       np.asarray(probabilities, dtype=np.float32), predictions.features)
+
+
 def calibrate_and_evaluate(
-    validation: Predictions, test: Predictions | None
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Thresholds from the validation predictions ONLY, then metrics of both splits at them.
-    Returns (thresholds, the card's `metrics`: validation and test results)."""
-    thresholds, sources = choose_thresholds(validation)
+    validation: Predictions, test: Predictions | None, prevalence: np.ndarray
+) -> Calibrated:
+    """From the network's outputs (uncalibrated predictions): calibration and thresholds fitted on
+    the validation predictions ONLY (`training.calibration`), then metrics of both splits with the
+    calibrated probabilities at those thresholds, and ECE / Brier before and after calibration.
+    `prevalence` is each finding's share of positives in the training split."""
+    calibration = fit_calibration(validation.targets, validation.probabilities, prevalence)
+    val_cal = _with_probabilities(validation, apply_calibration(validation.probabilities, calibration, FINDINGS))
+    thresholds, sources = choose_thresholds(val_cal.targets, val_cal.probabilities, prevalence)
     metrics: dict[str, Any] = {
-        "thresholds_from": "validation split, Youden's J per finding",
+        "thresholds_from": threshold_rule(),
         "threshold_sources": sources,
-        "validation": {"split": "validation", **classification_metrics(validation, thresholds)},
+        "training_prevalence": {label: round(float(p), ROUND) for label, p in zip(FINDINGS, prevalence, strict=True)},
+        "validation": {"split": "validation", **classification_metrics(val_cal, thresholds)},
     }
+    test_cal = None
     if test is not None:
-        metrics["test"] = {"split": "test", **classification_metrics(test, thresholds)}
-    return thresholds, metrics
+        test_cal = _with_probabilities(test, apply_calibration(test.probabilities, calibration, FINDINGS))
+        metrics["test"] = {"split": "test", **classification_metrics(test_cal, thresholds)}
+        metrics["calibration_test"] = calibration_metrics(test.targets, test.probabilities, test_cal.probabilities)
+        metrics["positives_per_study_test"] = positives_per_study(test.targets, test_cal.probabilities, thresholds)
+    return Calibrated(calibration, thresholds, metrics, val_cal, test_cal)
 
 
 def split_for_bundle(

@@ -79,7 +79,8 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
     lines += [
         f"Split **{metrics['split']}**: {metrics['n_images']} images of {metrics['n_patients']} patients "
         "(patient-disjoint from training). Mean AUROC "
-        f"**{_fmt(metrics['mean_auroc'])}** over the {metrics['mean_auroc_findings']} findings that have "
+        f"**{_fmt(metrics['mean_auroc'])}** (95% CI {_ci(metrics.get('mean_auroc_ci95', [None, None]))}) "
+        f"over the {metrics['mean_auroc_findings']} findings that have "
         "both positives and negatives here. Thresholds are the card's (chosen on the validation split). "
         f"Micro-averaged precision {_fmt(metrics['micro']['precision'])}, recall "
         f"{_fmt(metrics['micro']['recall'])}, F1 {_fmt(metrics['micro']['f1'])}.",
@@ -96,12 +97,11 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
     boot = metrics["bootstrap"]
     lines += [
         "",
-        f"95% CI: percentile bootstrap over images, {boot['resamples']} resamples, seed {boot['seed']}. "
-        "The bootstrap resamples images, not patients: where the positives come from one or two "
-        "patients (see the count in brackets) the interval understates the uncertainty. n/a: no "
-        "positives (or no negatives) in this split, so the value is undefined; no interval with a "
-        "single positive. With few positives the intervals are wide; read them before the point "
-        "estimates.",
+        f"95% CI: percentile bootstrap over {boot.get('unit', 'image')}s, {boot['resamples']} resamples, "
+        f"seed {boot['seed']}; resampling patients keeps each patient's images together, so correlated "
+        "images of one patient do not narrow the interval. n/a: no positives (or no negatives) in this "
+        "split, so the value is undefined; no interval when fewer than two patients have (or lack) the "
+        "finding. With few positives the intervals are wide; read them before the point estimates.",
     ]
     localisation = metrics.get("localisation")
     if localisation is not None:
@@ -117,6 +117,8 @@ def markdown(card: ModelCard | None, metrics: dict[str, Any], roc_file: str | No
                 )
     if roc_file:
         lines += ["", f"![ROC curves]({roc_file})"]
+    if card is not None and calibration_markdown(card):
+        lines += ["", *calibration_markdown(card)]
     return "\n".join(lines) + "\n"
 
 
@@ -130,3 +132,33 @@ def write_report(card: ModelCard | None, evaluation: Evaluation, directory: str 
     report_path = directory / REPORT_FILE
     report_path.write_text(markdown(card, evaluation.metrics))
     return report_path, roc_path
+
+
+def calibration_markdown(card: ModelCard) -> list[str]:
+    """The card's calibration (method, ECE and Brier on test before/after) and the flagged findings
+    per study, as Markdown lines (empty when the card has none)."""
+    measured = card.metrics.get("calibration_test") if card.metrics else None
+    if not card.calibration or not measured:
+        return []
+    before, after = measured["before"], measured["after"]
+    per_study = card.metrics.get("positives_per_study_test", {})
+    lines = [
+        "## Calibration and thresholds",
+        "",
+        f"Per-finding Platt scaling ({card.calibration.get('formula', '')}), fitted on the "
+        f"{card.calibration.get('fitted_on', 'validation split')}; findings with fewer than "
+        f"{card.calibration.get('min_positives')} validation positives keep the median slope and match "
+        "their training prevalence. The service serves the calibrated probabilities.",
+        "",
+        "| test split, all findings pooled | network output | calibrated |",
+        "|---|---:|---:|",
+        f"| expected calibration error ({measured['bins']} bins) | {before['ece']:.4f} | {after['ece']:.4f} |",
+        f"| Brier score | {before['brier']:.4f} | {after['brier']:.4f} |",
+        "",
+        f"Thresholds: {card.metrics.get('thresholds_from', 'n/a')}.",
+    ]
+    if per_study:
+        lines.append(f"Findings per test study: {per_study['labels']:.2f} in the labels, "
+                     f"{per_study['flagged']:.2f} flagged at the thresholds.")
+    lines += ["", "![Reliability diagram](reliability.png)", ""]
+    return lines

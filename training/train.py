@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.classifier import PREPROCESSING, clahe_settings
 from shared.findings import FINDINGS
 from training.dataset import Augmentation, cached_arrays, train_dataset
 from training.labels import LabelTable, read_labels
@@ -26,7 +27,7 @@ from training.model import (
     set_trainable,
     weighted_bce_loss,
 )
-from training.splits import SPLIT_NAMES, Split, split_by_patient, split_from_lists
+from training.splits import DEFAULT_FRACTIONS, SPLIT_NAMES, Split, split_by_patient, split_from_lists
 
 if TYPE_CHECKING:
     import keras
@@ -39,6 +40,7 @@ BEST_WEIGHTS = "best.weights.h5"
 LAST_WEIGHTS = "last.weights.h5"
 LAST_OPTIMIZER = "last_optimizer.npz"
 STATE_FILE = "state.json"
+RELIABILITY_FILE = "reliability.png"
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +53,7 @@ class TrainConfig:
     labels_path: Path
     out_dir: Path
     split_lists: Path | None = None
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 16
@@ -64,6 +67,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     max_pos_weight: float | None = None
     augment: bool = True
+    clahe: bool = False
     progress: bool = True
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +85,7 @@ def mean_auroc(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float, l
 def make_split(config: TrainConfig, table: LabelTable) -> Split:
     if config.split_lists is not None:
         return split_from_lists(table, config.split_lists)
-    return split_by_patient(table)
+    return split_by_patient(table, config.split_fractions)
 
 
 def _save_optimizer(optimizer: Any, path: Path) -> None:
@@ -193,10 +197,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         + ", ".join(f"{n} {len(subsets[n])}" for n in SPLIT_NAMES),
         flush=True,
     )
+    clahe = clahe_settings() if config.clahe else None
     train_x = cached_arrays(config.images_dir, subsets["train"].images, config.image_size, config.cache_dir,
-                            progress=config.progress, description="train")
+                            progress=config.progress, description="train", clahe=clahe)
     val_x = cached_arrays(config.images_dir, subsets["validation"].images, config.image_size, config.cache_dir,
-                          progress=config.progress, description="validation")
+                          progress=config.progress, description="validation", clahe=clahe)
     train_y = subsets["train"].targets
     val_y = subsets["validation"].targets
 
@@ -281,32 +286,60 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def finalise(
     model: keras.Model, config: TrainConfig, subsets: dict[str, LabelTable], training_info: dict[str, Any]
 ) -> dict[str, Any]:
-    """Save the bundle, reload it exactly as the service does, predict validation and test, choose
-    thresholds on validation only, and write them with the metrics into card.json (the weights,
-    hence the version, are the same in both saves)."""
+    """Save the bundle, then calibrate it and choose its thresholds on validation (`calibrate_bundle`)."""
+    from shared.classifier import save_bundle
+
+    save_bundle(
+        model,
+        config.out_dir,
+        name=config.name or config.out_dir.name,
+        trained=True,
+        intended_use=RESEARCH_USE,
+        training=training_info,
+        note="research demo, not for clinical use",
+        preprocessing={**PREPROCESSING, "clahe": clahe_settings()} if config.clahe else dict(PREPROCESSING),
+        thresholds=dict.fromkeys(FINDINGS, 0.5),
+        metrics={},
+    )
+    return calibrate_bundle(config.out_dir, config.images_dir, subsets, progress=config.progress)
+
+
+def calibrate_bundle(
+    bundle_dir: Path, images_dir: Path, subsets: dict[str, LabelTable], progress: bool = True
+) -> dict[str, Any]:
+    """Reload the bundle exactly as the service does, predict validation and test with the network's
+    own outputs, fit the calibration and choose the thresholds on validation only, and rewrite
+    card.json with them and the metrics (the weights, hence the version, stay the same); writes
+    report.md, roc.png and reliability.png beside it. Returns the card as a dict."""
     from shared.classifier import Classifier, save_bundle
+    from training.calibration import reliability_png, training_prevalence
     from training.evaluate import Evaluation, calibrate_and_evaluate, predict
     from training.report import write_report
 
-    name = config.name or config.out_dir.name
-    fields: dict[str, Any] = {
-        "name": name,
-        "trained": True,
-        "intended_use": RESEARCH_USE,
-        "training": training_info,
-        "note": "research demo, not for clinical use",
-    }
-    first = save_bundle(model, config.out_dir, thresholds=dict.fromkeys(FINDINGS, 0.5), metrics={}, **fields)
-    classifier = Classifier.load(config.out_dir)
-    validation = predict(classifier, config.images_dir, subsets["validation"], progress=config.progress,
-                         description="validation")
-    test = predict(classifier, config.images_dir, subsets["test"], progress=config.progress, description="test")
-    thresholds, metrics = calibrate_and_evaluate(validation, test if len(subsets["test"]) else None)
-    card = save_bundle(model, config.out_dir, thresholds=thresholds, metrics=metrics, **fields)
-    if card.version != first.version:
+    classifier = Classifier.load(bundle_dir)
+    previous = classifier.card
+    validation = predict(classifier, images_dir, subsets["validation"], progress=progress,
+                         description="validation", calibrated=False)
+    test = None
+    if len(subsets["test"]):
+        test = predict(classifier, images_dir, subsets["test"], progress=progress, description="test",
+                       calibrated=False)
+    result = calibrate_and_evaluate(validation, test, training_prevalence(subsets["train"].targets))
+    keep = {"name", "trained", "intended_use", "training", "note", "preprocessing"}
+    card = save_bundle(
+        classifier.model,
+        bundle_dir,
+        **{k: v for k, v in asdict(previous).items() if k in keep},
+        thresholds=result.thresholds,
+        calibration=result.calibration,
+        metrics=result.metrics,
+    )
+    if card.version != previous.version:
         raise TrainingError("the weights changed between saves; the bundle is inconsistent")
-    if "test" in metrics:
-        write_report(card, Evaluation("test", metrics["test"], test), config.out_dir)
+    if test is not None and result.test is not None:
+        write_report(card, Evaluation("test", result.metrics["test"], result.test), bundle_dir)
+        reliability_png(test.targets, test.probabilities, result.test.probabilities, bundle_dir / RELIABILITY_FILE,
+                        f"{card.name} {card.version}: test split, before and after calibration")
     return asdict(card)
 
 

@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     `shared.queue.make_celery(settings, settings.redis_url)`; tests inject one."""
     from shared.queue import make_celery
     from shared.storage import make_storage
-    from web import api, dicomweb, health, media, ops, pages, results, users
+    from web import api, dicomweb, health, media, model_page, ops, pages, results, users
     from web.audit_hooks import register_audit
     from web.auth import check_secret_key, register_auth
     from web.context import EXTENSION_KEY, Services, close_db_session
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     register_security(app)  # the cross-site guard runs first, then the login gate (web/auth.py)
     register_auth(app, settings)
     register_error_handlers(app)
-    for blueprint in (api.bp, pages.bp, media.bp, health.bp, dicomweb.bp, ops.bp, users.bp, results.bp):
+    for blueprint in (api.bp, pages.bp, media.bp, health.bp, dicomweb.bp, ops.bp, users.bp, results.bp, model_page.bp):
         app.register_blueprint(blueprint)
     register_audit(app)
     trust_proxies(app, settings.trusted_proxies)

@@ -98,6 +98,8 @@ ACCESS: dict[str, Check] = {
     "results.structured_report": needs(READ_STUDIES),
     "results.overlay": needs(READ_STUDIES),
     "results.fhir": needs(READ_STUDIES),
+    "model.page": needs(READ_STUDIES),
+    "model.chart": needs(READ_STUDIES),
     "api.review_study": needs(REVIEW),
     "api.export_study": needs(EXPORT),
     "api.export_batch": needs(EXPORT),

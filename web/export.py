@@ -17,7 +17,7 @@ from typing import Any
 from shared.db import describe_db_error
 from shared.findings import FINDINGS
 from shared.models import Finding, Study
-from web.serializers import iso
+from web.serializers import iso, summary_text
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ COLUMNS = (
     "accession_number", "study_instance_uid", "study_date", "urgency", "due_at", "finished_at",
     "model_version", "model_trained", "positive_findings", "error",
     *(f"p_{label}" for label in FINDINGS),
+    "summary",
 )
 
 
@@ -59,6 +60,7 @@ def study_row(study: Study, findings: list[Finding]) -> list[Any]:
         study.model_version, study.model_trained,
         "; ".join(f"{f.label} {f.probability:.3f}" for f in positives), study.error,
         *(round(by_label[label].probability, 4) if label in by_label else None for label in FINDINGS),
+        summary_text(study, findings),
     ]
     return [safe_cell(v) for v in values]
 

@@ -10,6 +10,7 @@ from flask import url_for
 from shared.deid import BURNED_IN_WARNING
 from shared.findings import DISPLAY_NAMES, FINDINGS, URGENCY
 from shared.models import Batch, Delivery, Finding, Study, StudyStatus
+from shared.report_text import plain_summary
 
 DICOM_FIELDS = (
     ("patient_id", "patient_id"),
@@ -63,6 +64,13 @@ def ordered_findings(study: Study) -> list[Finding]:
     return sorted(study.findings, key=lambda f: (order.get(f.label, len(order)), f.label))
 
 
+def summary_text(study: Study, findings: list[Finding]) -> str | None:
+    """The plain-language summary of a done study (`shared.report_text`); None before it is done."""
+    if study.status != StudyStatus.DONE.value or not findings:
+        return None
+    return plain_summary(findings, study.model_trained)
+
+
 def study_summary(study: Study) -> dict[str, Any]:
     return {
         "id": study.id,
@@ -105,6 +113,7 @@ def study_detail(study: Study) -> dict[str, Any]:
         "warnings": [BURNED_IN_WARNING] if study.burned_in_annotation else [],
         "image_url": url_for("media.image", study_id=study.id),
         "findings": [finding_json(study, f) for f in ordered_findings(study)],
+        "summary": summary_text(study, ordered_findings(study)),
         "results": results_urls(study),
         "deliveries": [delivery_json(d) for d in study.deliveries],
     }

@@ -96,6 +96,22 @@ def test_thresholds_come_from_the_card(classifier: Classifier, images: list[XRay
     assert result.no_finding and heatmap_labels(result) == [result.top.label]
 
 
+def test_the_card_calibration_is_applied_to_served_probabilities(
+    classifier: Classifier, diagnosis: Diagnosis, images: list[XRayImage]
+) -> None:
+    """The Diagnoser (whatever the runtime) serves the card's calibrated probabilities; the
+    thresholds compare against those."""
+    per_finding = {label: {"slope": 0.5, "intercept": -1.0} for label in FINDINGS}
+    per_finding["Mass"] = {"slope": 1e-9, "intercept": 0.0}  # no signal: one half for every image
+    card = dataclasses.replace(classifier.card, calibration={"method": "platt", "per_finding": per_finding})
+    calibrated = Diagnoser(Classifier(classifier.model, card)).diagnose(images[0])
+    assert calibrated.finding("Mass").probability == pytest.approx(0.5)
+    raw = diagnosis.finding("Edema").probability
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 1.0)))
+    assert calibrated.finding("Edema").probability == pytest.approx(expected, rel=1e-4)
+    assert calibrated.finding("Edema").positive == (expected >= 0.5)
+
+
 def test_diagnose_many_matches_one_at_a_time(diagnoser: Diagnoser, images: list[XRayImage]) -> None:
     batched = diagnoser.diagnose_many(images)
     assert len(batched) == len(images)

@@ -1,4 +1,4 @@
-"""Thresholds come from validation only; metrics never crash on findings without positives."""
+"""Calibration and thresholds come from validation only; metrics never crash on findings without positives."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import numpy as np
 
 from shared.findings import FINDINGS, index_of
 from training.evaluate import (
-    DEFAULT_THRESHOLD,
     Predictions,
     calibrate_and_evaluate,
-    choose_thresholds,
     classification_metrics,
     compare_metrics,
 )
@@ -25,35 +23,38 @@ def _predictions(seed: int, n: int = 80) -> Predictions:
     return Predictions(names, tuple(str(i // 2) for i in range(n)), targets, probabilities)
 
 
+PREVALENCE = np.full(len(FINDINGS), 0.3)
+
+
 def test_thresholds_come_from_validation_only() -> None:
     validation, test = _predictions(1), _predictions(2)
-    thresholds, metrics = calibrate_and_evaluate(validation, test)
+    result = calibrate_and_evaluate(validation, test, PREVALENCE)
 
     relabelled = Predictions(test.names, test.patients, 1.0 - test.targets, test.probabilities)
-    thresholds_after, metrics_after = calibrate_and_evaluate(validation, relabelled)
-    assert thresholds_after == thresholds
-    assert metrics_after["validation"] == metrics["validation"]
-    assert metrics_after["test"]["per_finding"]["Effusion"]["auroc"] != metrics["test"]["per_finding"]["Effusion"][
-        "auroc"
-    ]
+    after = calibrate_and_evaluate(validation, relabelled, PREVALENCE)
+    assert after.thresholds == result.thresholds
+    assert after.calibration == result.calibration
+    assert after.metrics["validation"] == result.metrics["validation"]
+    assert after.metrics["test"]["per_finding"]["Effusion"]["auroc"] != result.metrics["test"]["per_finding"][
+        "Effusion"]["auroc"]
 
     rescored = Predictions(test.names, test.patients, test.targets, test.probabilities[::-1].copy())
-    assert calibrate_and_evaluate(validation, rescored)[0] == thresholds
+    assert calibrate_and_evaluate(validation, rescored, PREVALENCE).thresholds == result.thresholds
 
     other_validation = _predictions(3)
-    assert calibrate_and_evaluate(other_validation, test)[0] != thresholds
+    assert calibrate_and_evaluate(other_validation, test, PREVALENCE).thresholds != result.thresholds
 
 
-def test_thresholds_are_youden_on_validation_and_default_without_positives() -> None:
-    validation = _predictions(4)
-    thresholds, sources = choose_thresholds(validation)
-    assert thresholds["Hernia"] == DEFAULT_THRESHOLD and "default" in sources["Hernia"]
-    k = index_of("Mass")
-    y, scores = validation.targets[:, k], validation.probabilities[:, k]
-    chosen = thresholds["Mass"]
-    j = np.mean(scores[y == 1] >= chosen) - np.mean(scores[y == 0] >= chosen)
-    assert all(np.mean(scores[y == 1] >= t) - np.mean(scores[y == 0] >= t) <= j + 1e-12 for t in scores)
-    assert sources["Mass"] == "validation Youden's J"
+def test_card_metrics_hold_calibration_before_and_after_and_positives_per_study() -> None:
+    result = calibrate_and_evaluate(_predictions(4), _predictions(5), PREVALENCE)
+    calibration = result.metrics["calibration_test"]
+    assert set(calibration["before"]) >= {"ece", "brier"} and set(calibration["after"]) >= {"ece", "brier"}
+    assert set(calibration["per_finding"]) == set(FINDINGS)
+    per_study = result.metrics["positives_per_study_test"]
+    assert per_study["labels"] / 2 <= per_study["flagged"] <= per_study["labels"] * 2
+    assert all(0.0 < t < 1.0 for t in result.thresholds.values())
+    assert result.metrics["thresholds_from"].startswith("validation split")
+    assert "fewer than" in result.metrics["threshold_sources"]["Hernia"]
 
 
 def test_metrics_with_undefined_findings_do_not_crash() -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from shared.classifier import WEIGHTS_FILE, Classifier, file_version
 from shared.findings import FINDINGS
-from training.evaluate import choose_thresholds, compare_metrics, evaluate_bundle, evaluate_classifier, predict
+from training.calibration import choose_thresholds, fit_calibration, training_prevalence
+from training.evaluate import compare_metrics, evaluate_bundle, evaluate_classifier, predict
 from training.labels import read_boxes, read_labels
 from training.model import WeightsError, build_initial_model, positive_weights, set_trainable
 from training.splits import Split, assert_patient_disjoint, split_by_patient
@@ -87,13 +88,21 @@ def test_card_split_is_recorded_and_patient_disjoint(trained: TrainConfig) -> No
     assert card.training["pos_weight"] == {k: round(float(w), 3) for k, w in zip(FINDINGS, pos, strict=True)}
 
 
-def test_thresholds_are_youden_on_the_validation_split(trained: TrainConfig) -> None:
+def test_calibration_and_thresholds_come_from_the_validation_split(trained: TrainConfig) -> None:
     classifier = Classifier.load(trained.out_dir)
     table = read_labels(trained.labels_path)
     split = Split.from_dict(classifier.card.training["split"])
-    validation = predict(classifier, trained.images_dir, table.subset(split.validation), progress=False)
-    expected, _ = choose_thresholds(validation)
+    prevalence = training_prevalence(table.subset(split.train).targets)
+    raw = predict(classifier, trained.images_dir, table.subset(split.validation), progress=False, calibrated=False)
+    calibration = fit_calibration(raw.targets, raw.probabilities, prevalence)
+    assert classifier.card.calibration["per_finding"] == calibration["per_finding"]
+    served = predict(classifier, trained.images_dir, table.subset(split.validation), progress=False)
+    np.testing.assert_allclose(served.probabilities, classifier.calibrate(raw.probabilities))
+    expected, _ = choose_thresholds(served.targets, served.probabilities, prevalence)
     assert classifier.card.thresholds == pytest.approx(expected)
+    assert all(0.0 < t < 1.0 for t in classifier.card.thresholds.values())
+    assert (trained.out_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(classifier.card.metrics["calibration_test"]) >= {"before", "after"}
 
 
 def test_evaluate_reproduces_the_card(trained: TrainConfig) -> None:

@@ -87,6 +87,8 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
 
             page.wait_for_selector("#xray")
             page.wait_for_function("() => document.getElementById('xray').naturalWidth > 0")
+            summary = page.text_content("#plain-summary") or ""
+            assert page.is_visible("#plain-summary") and "an aid, not a diagnosis" in summary
             page.check('input[name="layer"][value="Edema"]')
             page.wait_for_function("() => !document.getElementById('heatmap').hidden && "
                                    "document.getElementById('heatmap').naturalWidth > 0")

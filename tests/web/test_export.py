@@ -60,6 +60,8 @@ def test_worklist_csv_with_filters_and_no_formulas(exported) -> None:  # type: i
     assert first["patient_name"] == "'@SUM(1+1)*cmd" and first["patient_id"] == "'-P1"
     assert first["positive_findings"] == "Edema 0.900" and first["p_Edema"] == "0.9"
     assert first["model_trained"] == "false" and first["urgency"] == "0.85"
+    assert "fluid in the lungs (pulmonary edema)" in first["summary"] and "an aid, not a diagnosis" in first["summary"]
+    assert rows[1]["summary"] == ""  # no findings stored: no summary
     for row in rows:
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@")), value
@@ -85,6 +87,8 @@ def test_study_json_export(exported) -> None:  # type: ignore[no-untyped-def]
     assert body["id"] == evil and body["model_version"] == "v1" and body["model_trained"] is False
     assert [f["label"] for f in body["findings"]] == list(FINDINGS)
     assert body["reviews"][0]["verdicts"] == {"Edema": "agree"} and body["reviewed_at"]
+    assert body["summary"].startswith("Warning: the software that produced these results is untrained")
+    assert "fluid in the lungs (pulmonary edema)" in body["summary"]
     assert client.get("/api/v1/studies/999/export.json").status_code == 404
 
 

@@ -65,6 +65,9 @@ def test_study_page_with_untrained_model_shows_banner(settings: Settings) -> Non
     assert f'data-heatmap="/studies/{study_id}/heatmaps/Effusion.png"' in html
     assert 'data-probability="0.7" data-threshold="0.4"' in html
     assert 'data-box-x="100" data-box-y="200" data-box-w="300" data-box-h="250"' in html
+    assert 'id="plain-summary"' in html and "fluid around the lungs (pleural effusion)" in html
+    assert "an aid, not a diagnosis" in html.split('id="plain-summary"')[1].split("</p>")[0]
+    assert "untrained" in html.split('id="plain-summary"')[1].split("</p>")[0]
 
 
 def test_study_page_with_trained_model_has_no_banner(settings: Settings) -> None:
@@ -78,6 +81,7 @@ def test_study_page_while_waiting(settings: Settings, status: str) -> None:
     app, _ = make_app(settings)
     html = app.test_client().get(f"/studies/{_study(settings, None, status)}").get_data(as_text=True)
     assert f'data-status="{status}"' in html and 'name="layer"' not in html
+    assert 'id="plain-summary"' not in html
 
 
 def test_missing_study_page_is_404(settings: Settings) -> None:
