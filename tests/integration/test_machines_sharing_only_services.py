@@ -32,10 +32,10 @@ import pytest
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrations import upgrade
 from shared.config import PROJECT_ROOT
 from shared.db import make_engine, make_session_factory
 from shared.findings import FINDINGS
-from shared.migrate import upgrade
 from tests.conftest import S3_TEST_BUCKET, make_account
 from tests.faults.support import (
     FINISH_TIMEOUT_S,
