@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.findings import DISPLAY_NAMES
+from shared.report_text import plain_summary
 from shared.results import (
     ALGORITHM_NAME,
     MANUFACTURER,
@@ -96,11 +97,13 @@ def _device(done: DoneStudy) -> dict[str, Any]:
 
 
 def conclusion(done: DoneStudy) -> str:
+    """The research notice, the findings above their thresholds, and the plain-language summary
+    (`shared.report_text`) for a reader who is not a radiologist."""
     positives = [f"{DISPLAY_NAMES.get(f.label, f.label)} ({f.probability:.2f})"
                  for f in sorted(done.positives, key=lambda f: -f.probability)]
     found = ("Above the operating threshold: " + ", ".join(positives) + "."
              if positives else "No finding above its operating threshold.")
-    return f"{RESEARCH_NOTICE}. {found}"
+    return f"{RESEARCH_NOTICE}. {found} {plain_summary(done.findings, done.model_trained)}"
 
 
 def diagnostic_report(done: DoneStudy, study_uid: str, sr_uid: str | None = None,

@@ -21,6 +21,7 @@ from shared.dicom_results import overlay_size, study_overlay, study_sr
 from shared.fhir_report import FINDING_SYSTEM, observation_id, study_report
 from shared.findings import FINDINGS
 from shared.models import Batch, Study
+from shared.report_text import AID_NOT_DIAGNOSIS
 from shared.results import RESEARCH_NOTICE, UNKNOWN_PATIENT_NAME, DoneStudy, NotDone, derived_uid, dicom_bytes
 from tests.shared.results_support import DoneStudies, dciodvfy_errors, make_done_studies
 
@@ -208,6 +209,7 @@ def test_fhir_report_validates_and_matches_the_findings(studies: DoneStudies, ki
     body = study_report(studies.storage, done)
     report = DiagnosticReport.model_validate(body)
     assert report.status == "preliminary" and RESEARCH_NOTICE in (report.conclusion or "")
+    assert (report.conclusion or "").endswith(AID_NOT_DIAGNOSIS)  # the plain-language summary closes it
     header_uid = (stored_source(studies, kind).StudyInstanceUID if kind != "png" else done.uid("study"))
     assert body["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{header_uid}"
     assert body["identifier"][0]["value"] == f"urn:oid:{done.uid('sr')}"
