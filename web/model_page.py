@@ -22,7 +22,7 @@ CHARTS = {"roc": "roc.png", "reliability": "reliability.png"}
 
 def _workers() -> list[dict[str, Any]] | None:
     """What each live worker serves (its heartbeat); None when Redis cannot be asked."""
-    from web.health import _workers as heartbeats
+    from web.health import worker_heartbeats as heartbeats
 
     try:
         return heartbeats(services())
