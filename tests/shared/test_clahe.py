@@ -15,7 +15,7 @@ PIXELS = np.tile(np.linspace(0.3, 0.5, 128, dtype=np.float32), (128, 1))  # a lo
 
 
 def test_clahe_spreads_a_low_contrast_image_and_the_card_carries_it() -> None:
-    pytest.importorskip("cv2")
+    pytest.importorskip("cv2", reason="CLAHE needs OpenCV: pip install opencv-python-headless")
     plain = preprocess(PIXELS, 64)
     equalised = preprocess(PIXELS, 64, clahe_settings())
     assert equalised.shape == plain.shape and equalised[..., 0].std() > 1.1 * plain[..., 0].std()

@@ -95,6 +95,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
             page.fill("#opacity", "80")
             page.dispatch_event("#opacity", "input")
             assert page.eval_on_selector("#heatmap", "e => e.style.opacity") == "0.8"
+            page.locator("#viewer").scroll_into_view_if_needed()  # the summary above may push it down
             viewer = page.locator("#viewer").bounding_box()
             assert viewer is not None
             page.mouse.move(viewer["x"] + viewer["width"] / 2, viewer["y"] + viewer["height"] / 2)
