@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.worker import services_problem
     from gateway.receiver import serve
-    from migrations import current, head
     from shared.config import load_settings
     from shared.db import make_engine, make_session_factory
     from shared.logs import configure_logging
@@ -29,17 +29,9 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     changes = {k: v for k, v in (("dicom_port", args.port), ("dicom_host", args.host)) if v is not None}
     settings = settings.with_overrides(**changes)
-    if not settings.redis_url:
-        print("xray dicom listen: REDIS_URL is not set: point it at the Redis server the workers read", file=sys.stderr)
-        return 2
-    try:
-        revision = current(settings.database_url)
-    except Exception as exc:  # noqa: BLE001 - reported to the operator
-        print(f"xray dicom listen: cannot reach the database (DATABASE_URL): {exc}", file=sys.stderr)
-        return 2
-    if revision != head():
-        print(f"xray dicom listen: the database schema is at {revision or 'nothing'}, not {head()}: "
-              "run `xray db upgrade`", file=sys.stderr)
+    problem = services_problem(settings)
+    if problem:
+        print(f"xray dicom listen: {problem}", file=sys.stderr)
         return 2
     celery = make_celery(settings, settings.redis_url)
     engine = make_engine(settings.database_url)

@@ -24,6 +24,18 @@ def preflight(settings: object) -> str | None:
 
     Checks the environment without importing TensorFlow (the main process must not load the model).
     """
+    from shared.config import Settings
+
+    assert isinstance(settings, Settings)
+    if settings.redis_url and not (settings.model_dir / "card.json").is_file():  # (no queue: said below)
+        return (f"no model bundle at {settings.model_dir} (MODEL_DIR): `git checkout models/demo`, "
+                "train one with `xray train`, or create an untrained one with `xray model init DIR`")
+    return services_problem(settings)
+
+
+def services_problem(settings: object) -> str | None:
+    """What stops a process that takes in or works on studies (a worker, the DICOM receiver): no
+    queue, no database at the current schema, or an object store it cannot use."""
     from migrations import current, head
     from shared.config import Settings
 
@@ -31,9 +43,6 @@ def preflight(settings: object) -> str | None:
     if not settings.redis_url:
         return ("REDIS_URL is not set: point it at the Redis server the web sends studies to "
                 "(or use `xray up`, which starts an embedded one)")
-    if not (settings.model_dir / "card.json").is_file():
-        return (f"no model bundle at {settings.model_dir} (MODEL_DIR): `git checkout models/demo`, "
-                "train one with `xray train`, or create an untrained one with `xray model init DIR`")
     try:
         revision = current(settings.database_url)
     except Exception as exc:  # noqa: BLE001 - reported to the operator
