@@ -99,9 +99,10 @@ def build_ae(config: ReceiverConfig) -> AE:
     return ae
 
 
-def store_handler(settings: Settings, session_factory: sessionmaker[Session], storage: Storage,
-                  enqueue: Callable[[int], None]) -> Callable[[Any], Dataset | int]:
-    """The C-STORE handler: one received image through the shared intake."""
+def store_handlers(settings: Settings, session_factory: sessionmaker[Session], storage: Storage,
+                   enqueue: Callable[[int], None]) -> tuple[Callable[[Any], Dataset | int], Callable[[Any], None]]:
+    """The C-STORE handler (one received image through the shared intake) and the one that forgets an
+    association's batch when it ends."""
     batches = _Batches()
 
     def handle_store(event: Any) -> Dataset | int:
@@ -140,8 +141,7 @@ def store_handler(settings: Settings, session_factory: sessionmaker[Session], st
             batches.ids.pop(id(event.assoc), None)
             batches.counts.pop(id(event.assoc), None)
 
-    handle_store.forget = forget  # type: ignore[attr-defined]
-    return handle_store
+    return handle_store, forget
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -165,13 +165,13 @@ def serve(settings: Settings, session_factory: sessionmaker[Session], storage: S
     """Start the receiver; with `block=False` returns pynetdicom's server (call `.shutdown()`)."""
     config = ReceiverConfig.from_settings(settings)
     ae = build_ae(config)
-    handle_store = store_handler(settings, session_factory, storage, enqueue)
+    handle_store, forget = store_handlers(settings, session_factory, storage, enqueue)
     handlers = [
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_C_ECHO, _echo),
         (evt.EVT_REJECTED, _rejected),
-        (evt.EVT_RELEASED, handle_store.forget),  # type: ignore[attr-defined]
-        (evt.EVT_ABORTED, handle_store.forget),  # type: ignore[attr-defined]
+        (evt.EVT_RELEASED, forget),
+        (evt.EVT_ABORTED, forget),
     ]
     log.info("DICOM receiver: AE %s listening on %s:%d", config.aet, config.host, config.port)
     return ae.start_server((config.host, config.port), block=block, evt_handlers=handlers)

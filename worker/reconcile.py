@@ -91,26 +91,26 @@ def claim_stale_deliveries(session_factory: sessionmaker[Session], settings: Set
 def waiting_study_ids(client: redis.Redis, queue_name: str) -> set[int]:
     """Ids of the studies whose diagnosis messages wait in the broker's list for `queue_name`, or
     were taken by a worker and not yet acknowledged."""
-    ids: set[int] = set()
-    length = int(client.llen(queue_name))
-    for start in range(0, length, _CHUNK):
-        ids.update(filter(None, map(_study_id, client.lrange(queue_name, start, start + _CHUNK - 1))))
-    for raw in client.hvals(UNACKED_KEY):
-        try:
-            message, _exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            continue
-        if routing_key == queue_name:
-            study_id = _study_id(json.dumps(message))
-            if study_id is not None:
-                ids.add(study_id)
-    return ids
+    messages = [_json(raw) for start in range(0, int(client.llen(queue_name)), _CHUNK)
+                for raw in client.lrange(queue_name, start, start + _CHUNK - 1)]
+    for entry in map(_json, client.hvals(UNACKED_KEY)):  # [message, exchange, routing key]
+        if isinstance(entry, list) and len(entry) == 3 and entry[2] == queue_name:
+            messages.append(entry[0])
+    return {study_id for study_id in map(_study_id, messages) if study_id is not None}
 
 
-def _study_id(raw: bytes | str) -> int | None:
-    """The study id of one kombu message of the diagnosis task (JSON body, base64 or not)."""
+def _json(raw: bytes | str) -> object:
     try:
-        message = json.loads(raw)
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def _study_id(message: object) -> int | None:
+    """The study id of one kombu message of the diagnosis task (JSON body, base64 or not)."""
+    if not isinstance(message, dict):
+        return None
+    try:
         if message.get("headers", {}).get("task") != TASK_DIAGNOSE:
             return None
         body = message["body"]
