@@ -124,6 +124,7 @@ def probe_main(argv: list[str]) -> int:
     start = time.perf_counter()
     from shared.config import ImageLimits
     from shared.diagnosis import Diagnoser
+    from shared.frontal import FrontalReference
     from shared.images import read_image_file
     from shared.runtime import load_predictor
 
@@ -132,7 +133,7 @@ def probe_main(argv: list[str]) -> int:
     batch = np.stack([predictor.preprocess(read_image_file(p, ImageLimits()).pixels) for p in paths])
     predictor.predict(batch[:1])
     load_s = time.perf_counter() - start
-    diagnoser = Diagnoser(predictor)
+    diagnoser = Diagnoser(predictor, FrontalReference.load(bundle, predictor.card.frontal))
     with tempfile.TemporaryDirectory(prefix="xray-bench-probe-") as scratch:
         path = WorkerPath(Path(scratch), paths)
         path.run(diagnoser)  # warm: SQLite, storage folders, the resize weights

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for result in _diagnose_files(classifier, args.files, settings.limits, args.out, max(1, args.batch_size)):
+    for result in _diagnose_files(classifier, model_dir, args.files, settings.limits, args.out,
+                                  max(1, args.batch_size)):
         failed += "error" in result
         print(json.dumps(result), flush=True)
     return 1 if failed else 0
@@ -74,11 +75,13 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def _diagnose_files(
-    classifier: Classifier, files: Sequence[Path], limits: ImageLimits, out: Path | None, batch_size: int
+    classifier: Classifier, model_dir: Path, files: Sequence[Path], limits: ImageLimits, out: Path | None,
+    batch_size: int,
 ) -> Iterator[dict[str, Any]]:
     from shared.diagnosis import Diagnoser
+    from shared.frontal import FrontalReference
 
-    diagnoser = Diagnoser(classifier)
+    diagnoser = Diagnoser(classifier, FrontalReference.load(model_dir, classifier.card.frontal))
     used_names: set[str] = set()
     for chunk in _chunks(files, batch_size):
         loaded = [_read(path, limits) for path in chunk]

@@ -88,6 +88,7 @@ class ModelCard:
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))
     thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINDINGS, 0.5))
     calibration: dict[str, Any] = field(default_factory=dict)  # shared.calibration; {} = none
+    frontal: dict[str, Any] = field(default_factory=dict)  # shared.frontal (the limit); {} = header check only
     cam_layer: str = CAM_LAYER
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.frontal import FrontalCheck, FrontalReference, check
 from shared.gradcam import Box, boxes_from_cams, class_activation_maps
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Diagnosis:
     image_width: int
     image_height: int
     timings_ms: dict[str, float]
+    frontal: FrontalCheck = FrontalCheck(flagged=False)  # flagged: not a frontal chest X-ray
 
     @property
     def positives(self) -> list[FindingResult]:
@@ -82,6 +84,7 @@ class Diagnosis:
             "model_version": self.model_version,
             "model_trained": self.model_trained,
             "runtime": self.runtime,
+            "frontal_check": self.frontal.as_dict(),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
 
@@ -97,13 +100,15 @@ def _ms_since(start: float) -> float:
 
 
 class Diagnoser:
-    """Runs a loaded Classifier on images: one batched forward pass, then CAMs and boxes.
+    """Runs a loaded Classifier on images: one batched forward pass, then CAMs and boxes, and the
+    check that each image is a frontal chest X-ray (`shared.frontal`, with the bundle's reference).
 
     `classifier` may be any `shared.runtime.Predictor` (TensorFlow or OpenVINO): only its
     preprocess/predict/calibrate, thresholds, labels, version and dense kernel are used."""
 
-    def __init__(self, classifier: Classifier | Predictor) -> None:
+    def __init__(self, classifier: Classifier | Predictor, frontal: FrontalReference | None = None) -> None:
         self.classifier = classifier
+        self.frontal = frontal
         self._thresholds = classifier.thresholds
         self._labels = classifier.labels
 
@@ -121,7 +126,7 @@ class Diagnoser:
         probabilities = self.classifier.calibrate(raw)  # the card's calibration (identity if none)
         forward_ms = _ms_since(start)
         return [
-            self._result(image, probabilities[i], features[i], preprocess_ms[i], forward_ms, len(images))
+            self._result(image, batch[i], probabilities[i], features[i], preprocess_ms[i], forward_ms, len(images))
             for i, image in enumerate(images)
         ]
 
@@ -136,6 +141,7 @@ class Diagnoser:
     def _result(
         self,
         image: XRayImage,
+        model_input: np.ndarray,
         probabilities: np.ndarray,
         features: np.ndarray,
         preprocess_ms: float,
@@ -149,11 +155,16 @@ class Diagnoser:
             self._finding(k, float(probabilities[k]), cams[k], boxes[k]) for k in range(len(self._labels))
         ]
         cam_ms = _ms_since(start)
+        start = time.perf_counter()
+        header = image.info.metadata
+        frontal = check(model_input, self.frontal, *(
+            (header.modality, header.view_position, header.body_part_examined) if header else ()))
         timings = {
             "preprocess": preprocess_ms,
             "forward": forward_ms / batch_size,
             "forward_batch": forward_ms,
             "cam": cam_ms,
+            "frontal": _ms_since(start),
         }
         return Diagnosis(
             findings=findings,
@@ -163,6 +174,7 @@ class Diagnoser:
             image_width=image.width,
             image_height=image.height,
             timings_ms=timings,
+            frontal=frontal,
         )
 
     def _finding(self, k: int, probability: float, cam: np.ndarray, box: Box | None) -> FindingResult:

@@ -103,7 +103,7 @@ def conclusion(done: DoneStudy) -> str:
                  for f in sorted(done.positives, key=lambda f: -f.probability)]
     found = ("Above the operating threshold: " + ", ".join(positives) + "."
              if positives else "No finding above its operating threshold.")
-    return f"{RESEARCH_NOTICE}. {found} {plain_summary(done.findings, done.model_trained)}"
+    return f"{RESEARCH_NOTICE}. {found} {plain_summary(done.findings, done.model_trained, done.not_frontal_reason)}"
 
 
 def diagnostic_report(done: DoneStudy, study_uid: str, sr_uid: str | None = None,

@@ -119,6 +119,10 @@ class Study(Base):
     model_runtime: Mapped[str | None] = mapped_column(String(32))  # e.g. openvino-bf16
     display_path: Mapped[str | None] = mapped_column(String(255))  # the picture the web shows (DICOM)
     timings: Mapped[dict | None] = mapped_column(JSON)
+    # shared.frontal: True when the image is not a frontal chest X-ray (its findings are unreliable and
+    # never make it urgent), with the reason in words; None for studies diagnosed before the check.
+    not_frontal: Mapped[bool | None] = mapped_column(Boolean)
+    not_frontal_reason: Mapped[str | None] = mapped_column(String(300))
 
     # Triage: urgency in [0, 1] from the findings; due_at orders the worklist (earliest first).
     urgency: Mapped[float | None] = mapped_column(Float)

@@ -46,6 +46,10 @@ NOTHING_FOUND = (
     "The software found no signs above its thresholds for any of the 14 conditions it looks for. "
     "This does not rule them out."
 )
+NOT_FRONTAL = (
+    "The image does not look like a frontal chest X-ray ({reason}), so the software's results for it are "
+    "unreliable and are not used to rank it as urgent."
+)
 UNTRAINED = (
     "Warning: the software that produced these results is untrained (random settings). "
     "Its results mean nothing and must be ignored."
@@ -83,13 +87,17 @@ def finding_sentence(finding: FindingLike) -> str:
             f"{chance_in_100(finding.probability)}; {certainty(finding.probability)}.")
 
 
-def plain_summary(findings: Iterable[FindingLike], model_trained: bool | None = True) -> str:
+def plain_summary(findings: Iterable[FindingLike], model_trained: bool | None = True,
+                  not_frontal_reason: str | None = None) -> str:
     """The summary: the positive findings, most probable first, each with its uncertainty; or that
-    nothing was found; then always AID_NOT_DIAGNOSIS (and UNTRAINED first for an untrained model)."""
+    nothing was found; then always AID_NOT_DIAGNOSIS. First UNTRAINED for an untrained model and
+    NOT_FRONTAL for an image that is not a frontal chest X-ray (`shared.frontal`)."""
     order = {label: i for i, label in enumerate(FINDINGS)}
     positives = sorted((f for f in findings if f.positive),
                        key=lambda f: (-f.probability, order.get(f.label, len(order))))
     sentences = [UNTRAINED] if model_trained is False else []
+    if not_frontal_reason:
+        sentences.append(NOT_FRONTAL.format(reason=not_frontal_reason))
     sentences += [finding_sentence(f) for f in positives] or [NOTHING_FOUND]
     sentences.append(AID_NOT_DIAGNOSIS)
     return " ".join(sentences)

@@ -83,6 +83,7 @@ class DoneStudy:
     accession_number: str | None = None
     modality: str | None = None
     view_position: str | None = None
+    not_frontal_reason: str | None = None  # shared.frontal: why the image is not a frontal chest X-ray
 
     @classmethod
     def from_row(cls, study: Study) -> DoneStudy:
@@ -101,7 +102,7 @@ class DoneStudy:
             cam_sheet_path=next((f.heatmap_path for f in study.findings if f.heatmap_path), None),
             findings=findings, study_instance_uid=study.study_instance_uid, patient_id=study.patient_id,
             patient_name=study.patient_name, accession_number=study.accession_number, modality=study.modality,
-            view_position=study.view_position,
+            view_position=study.view_position, not_frontal_reason=study.not_frontal_reason,
         )
 
     def uid(self, kind: str) -> str:

@@ -2,8 +2,9 @@
 
 Urgency is in [0, 1] in two bands, so every study the model calls positive is ahead of every study it
 calls normal at the same completion time; `due_at = finished_at + max_wait * (1 - urgency)` bounds
-every study's wait by `max_wait`, so no study starves behind urgent ones. The rule, with its formulas
-and that bound, is set out in docs/USING.md.
+every study's wait by `max_wait`, so no study starves behind urgent ones. A study whose image is not a
+frontal chest X-ray (`shared.frontal`) gets urgency 0: its findings are unreliable, so they never make
+it urgent. The rule, with its formulas and that bound, is set out in docs/USING.md.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def due_at(finished_at: datetime, urgency_value: float, max_wait_minutes: float)
     return finished_at + timedelta(minutes=max_wait_minutes * (1.0 - clamped))
 
 
-def triage(findings: Iterable[ScoredFinding], finished_at: datetime, max_wait_minutes: float) -> Triage:
-    value = urgency(findings)
+def triage(findings: Iterable[ScoredFinding], finished_at: datetime, max_wait_minutes: float,
+           not_frontal: bool = False) -> Triage:
+    value = 0.0 if not_frontal else urgency(findings)
     return Triage(urgency=value, due_at=due_at(finished_at, value, max_wait_minutes))

@@ -308,12 +308,14 @@ def calibrate_bundle(
     bundle_dir: Path, images_dir: Path, subsets: dict[str, LabelTable], progress: bool = True
 ) -> dict[str, Any]:
     """Reload the bundle exactly as the service does, predict validation and test with the network's
-    own outputs, fit the calibration and choose the thresholds on validation only, and rewrite
-    card.json with them and the metrics (the weights, hence the version, stay the same); writes
-    report.md, roc.png and reliability.png beside it. Returns the card as a dict."""
+    own outputs, fit the calibration and choose the thresholds on validation only, fit the frontal
+    chest X-ray check (`training.frontal`), and rewrite card.json with them and the metrics (the
+    weights, hence the version, stay the same); writes report.md, roc.png and reliability.png beside
+    it. Returns the card as a dict."""
     from shared.classifier import Classifier, save_bundle
     from training.calibration import reliability_png, training_prevalence
     from training.evaluate import Evaluation, calibrate_and_evaluate, predict
+    from training.frontal import fit_frontal
     from training.report import write_report
 
     classifier = Classifier.load(bundle_dir)
@@ -325,6 +327,8 @@ def calibrate_bundle(
         test = predict(classifier, images_dir, subsets["test"], progress=progress, description="test",
                        calibrated=False)
     result = calibrate_and_evaluate(validation, test, training_prevalence(subsets["train"].targets))
+    frontal = fit_frontal(bundle_dir, images_dir, subsets["train"].images, subsets["validation"].images,
+                          classifier.input_size, classifier.clahe)
     keep = {"name", "trained", "intended_use", "training", "note", "preprocessing"}
     card = save_bundle(
         classifier.model,
@@ -332,6 +336,7 @@ def calibrate_bundle(
         **{k: v for k, v in asdict(previous).items() if k in keep},
         thresholds=result.thresholds,
         calibration=result.calibration,
+        frontal=frontal,
         metrics=result.metrics,
     )
     if card.version != previous.version:

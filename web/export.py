@@ -30,7 +30,7 @@ _FORMULA_AFTER_SEPARATOR = re.compile(r"([,;\t\r\n][ \t]*)(?=[=+\-@])")
 COLUMNS = (
     "study_id", "batch_id", "status", "reviewed_at", "filename", "patient_id", "patient_name",
     "accession_number", "study_instance_uid", "study_date", "urgency", "due_at", "finished_at",
-    "model_version", "model_trained", "positive_findings", "error",
+    "model_version", "model_trained", "not_frontal", "positive_findings", "error",
     *(f"p_{label}" for label in FINDINGS),
     "summary",
 )
@@ -57,7 +57,7 @@ def study_row(study: Study, findings: list[Finding]) -> list[Any]:
         study.id, study.batch_id, study.status, iso(study.reviewed_at), study.original_filename, study.patient_id,
         study.patient_name, study.accession_number, study.study_instance_uid, study.study_date,
         None if study.urgency is None else round(study.urgency, 4), iso(study.due_at), iso(study.finished_at),
-        study.model_version, study.model_trained,
+        study.model_version, study.model_trained, study.not_frontal,
         "; ".join(f"{f.label} {f.probability:.3f}" for f in positives), study.error,
         *(round(by_label[label].probability, 4) if label in by_label else None for label in FINDINGS),
         summary_text(study, findings),

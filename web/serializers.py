@@ -9,6 +9,7 @@ from flask import url_for
 
 from shared.deid import BURNED_IN_WARNING
 from shared.findings import DISPLAY_NAMES, FINDINGS, URGENCY
+from shared.frontal import FLAG_TEXT
 from shared.models import Batch, Delivery, Finding, Study, StudyStatus
 from shared.report_text import plain_summary
 
@@ -68,7 +69,7 @@ def summary_text(study: Study, findings: list[Finding]) -> str | None:
     """The plain-language summary of a done study (`shared.report_text`); None before it is done."""
     if study.status != StudyStatus.DONE.value or not findings:
         return None
-    return plain_summary(findings, study.model_trained)
+    return plain_summary(findings, study.model_trained, study.not_frontal_reason)
 
 
 def study_summary(study: Study) -> dict[str, Any]:
@@ -111,12 +112,22 @@ def study_detail(study: Study) -> dict[str, Any]:
         # True: de-identified, but the pixels may show identifying text (`warnings` says so in words).
         "burned_in_annotation": study.burned_in_annotation,
         "warnings": [BURNED_IN_WARNING] if study.burned_in_annotation else [],
+        "frontal_check": frontal_check(study),
         "image_url": url_for("media.image", study_id=study.id),
         "findings": [finding_json(study, f) for f in ordered_findings(study)],
         "summary": summary_text(study, ordered_findings(study)),
         "results": results_urls(study),
         "deliveries": [delivery_json(d) for d in study.deliveries],
     }
+
+
+def frontal_check(study: Study) -> dict[str, Any] | None:
+    """Whether the image is a frontal chest X-ray (`shared.frontal`); None before the study is done or
+    for a study diagnosed before the check existed."""
+    if study.not_frontal is None:
+        return None
+    return {"flagged": study.not_frontal, "reason": study.not_frontal_reason,
+            "label": FLAG_TEXT if study.not_frontal else None}
 
 
 def results_urls(study: Study) -> dict[str, str] | None:
@@ -174,6 +185,8 @@ def worklist_item(study: Study, positives: list[Finding]) -> dict[str, Any]:
         "urgency": study.urgency,
         "due_at": iso(study.due_at),
         "finished_at": iso(study.finished_at),
+        "not_frontal": bool(study.not_frontal),
+        "not_frontal_reason": study.not_frontal_reason,
         "model_version": study.model_version,
         "model_trained": study.model_trained,
         "model_runtime": study.model_runtime,

@@ -216,7 +216,7 @@ def write_files(storage: Storage, study_id: int, image: XRayImage, diagnosis: Di
 def record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Diagnosis, files: StoredFiles,
            timings: dict[str, float], settings: Settings, finished_at: datetime) -> Outcome:
     """Write the findings and `done` in one transaction, unless another delivery finished the study."""
-    result = triage(diagnosis.findings, finished_at, settings.triage_max_wait_minutes)
+    result = triage(diagnosis.findings, finished_at, settings.triage_max_wait_minutes, diagnosis.frontal.flagged)
     findings = [
         {
             "study_id": study_id, "label": f.label, "probability": float(f.probability),
@@ -235,6 +235,7 @@ def record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Dia
             .values(status=StudyStatus.DONE.value, error=None, model_version=diagnosis.model_version,
                     model_trained=diagnosis.model_trained, model_runtime=diagnosis.runtime,
                     width=diagnosis.image_width, height=diagnosis.image_height, display_path=files.display,
+                    not_frontal=diagnosis.frontal.flagged, not_frontal_reason=diagnosis.frontal.reason,
                     timings={k: round(v, 3) for k, v in timings.items()}, urgency=result.urgency,
                     due_at=result.due_at, finished_at=finished_at, updated_at=finished_at)
             .execution_options(synchronize_session=False)
@@ -246,7 +247,8 @@ def record(session_factory: sessionmaker[Session], study_id: int, diagnosis: Dia
         if settings.dicom_destinations:  # results go to each DICOM destination (worker/delivery.py)
             session.execute(insert(Delivery), [{"study_id": study_id, "destination": str(destination)}
                                                for destination in settings.dicom_destinations])
-    log.info("study %s done: urgency %.3f, %d positive", study_id, result.urgency, len(diagnosis.positives))
+    log.info("study %s done: urgency %.3f, %d positive%s", study_id, result.urgency, len(diagnosis.positives),
+             ", not a frontal chest X-ray" if diagnosis.frontal.flagged else "")
     return Outcome(study_id, StudyStatus.DONE.value)
 
 

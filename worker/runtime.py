@@ -46,6 +46,7 @@ def load_diagnoser(settings: Settings, processes: int = 1) -> object:
     import numpy as np
 
     from shared.diagnosis import Diagnoser
+    from shared.frontal import FrontalReference
     from shared.runtime import load_predictor
 
     start = time.perf_counter()
@@ -56,7 +57,7 @@ def load_diagnoser(settings: Settings, processes: int = 1) -> object:
     log.info("model %s (%s, input %d) on %s loaded from %s in %.1f s", predictor.version,
              "trained" if predictor.trained else "UNTRAINED", size, predictor.runtime_name, settings.model_dir,
              time.perf_counter() - start)
-    return Diagnoser(predictor)
+    return Diagnoser(predictor, FrontalReference.load(settings.model_dir, predictor.card.frontal))
 
 
 def start_runtime(settings: Settings, redis_url: str | None, processes: int = 1) -> WorkerRuntime:

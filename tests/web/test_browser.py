@@ -10,6 +10,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import pydicom.data
 import pytest
 
 from shared.config import PROJECT_ROOT, Settings
@@ -45,6 +46,7 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
         zf.write(nih_full_images[3], f"ward/bed1/{nih_full_images[3].name}")
         zf.writestr("__MACOSX/ward/._x.png", b"junk")
     files.append(str(archive))
+    files.append(str(Path(pydicom.data.get_testdata_file("CT_small.dcm"))))  # not a chest X-ray: flagged
     env = service_env(settings, redis_url, service_bundle)
     try:
         with worker_process(env, tmp_path / "worker.log"), serve(app) as url, \
@@ -66,19 +68,23 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
             # The upload (XMLHttpRequest) and the review (fetch) below carry the CSRF token (csrf.js).
             page.set_input_files("#file-input", files)
             page.fill("#batch-label", "Ward 4 morning")
-            assert "4 files selected" in page.text_content("#selection")
+            assert "5 files selected" in page.text_content("#selection")
             page.click("#upload-button")
             page.wait_for_selector("#file-rows tr >> text=accepted: study")
             assert "unpacked: 1 accepted" in page.text_content("#file-rows")
             page.screenshot(path=str(shots / "1-upload-sent.png"), full_page=True)
             # Batch progress: polled until every study is done (the worker loads TensorFlow first).
-            page.wait_for_function("() => document.getElementById('done-text').textContent.startsWith('4 of 4')",
+            page.wait_for_function("() => document.getElementById('done-text').textContent.startsWith('5 of 5')",
                                    timeout=TIMEOUT_MS)
             page.screenshot(path=str(shots / "2-upload-diagnosed.png"), full_page=True)
 
             page.goto(url + "/worklist")
-            page.wait_for_function("() => document.querySelectorAll('#worklist-rows tr.clickable').length === 4")
-            assert "1–4 of 4" in page.text_content("#page-info")
+            page.wait_for_function("() => document.querySelectorAll('#worklist-rows tr.clickable').length === 5")
+            assert "1–5 of 5" in page.text_content("#page-info")
+            flags = page.locator("#worklist-rows .not-frontal")
+            assert flags.count() == 1 and flags.first.text_content() == "not a frontal chest X-ray: findings unreliable"
+            flagged_href = page.locator("#worklist-rows tr.clickable", has=page.locator(".not-frontal")).locator(
+                "a").get_attribute("href")
             page.screenshot(path=str(shots / "3-worklist.png"), full_page=True)
             first_link = page.locator("#worklist-rows tr.clickable a").first
             href = first_link.get_attribute("href")
@@ -113,10 +119,14 @@ def test_upload_worklist_study_review(settings: Settings, redis_url: str, servic
             page.screenshot(path=str(shots / "5-study-reviewed.png"), full_page=True)
 
             page.goto(url + "/worklist")
-            page.wait_for_function("() => document.querySelectorAll('#worklist-rows tr.clickable').length === 3")
+            page.wait_for_function("() => document.querySelectorAll('#worklist-rows tr.clickable').length === 4")
             page.select_option("#f-status", "reviewed")
             page.wait_for_function("() => document.querySelectorAll('#worklist-rows tr.clickable').length === 1")
             page.screenshot(path=str(shots / "6-worklist-reviewed.png"), full_page=True)
+
+            page.goto(url + flagged_href)  # the CT slice: the page says why its findings do not count
+            assert page.is_visible("#not-frontal") and "modality is CT" in page.text_content("#not-frontal")
+            assert "The image does not look like a frontal chest X-ray" in (page.text_content("#plain-summary") or "")
             assert errors == []
             browser.close()
     finally:
@@ -140,9 +150,10 @@ def test_admin_operations_and_users_pages(settings: Settings, redis_url: str, tm
     from shared.models import Batch
     from shared.queue import heartbeat_key, make_celery
     from tests.web.support import add_study, session_for
+    from tests.web.test_model_page import _bundle_copy
     from web import create_app
 
-    settings = settings.with_overrides(redis_url=redis_url)
+    settings = settings.with_overrides(redis_url=redis_url, model_dir=_bundle_copy(tmp_path))
     upgrade(settings.database_url)
     admin = make_account(settings.database_url, "ops-admin", "admin")
     now = datetime.now(UTC)
@@ -184,6 +195,16 @@ def test_admin_operations_and_users_pages(settings: Settings, redis_url: str, tm
             assert "openvino-bf16" in page.text_content("#workers")
             assert "not an image" in page.text_content("#failures")
             page.screenshot(path=str(shots / "7-operations.png"), full_page=True)
+
+            page.click("nav >> text=Model")  # the demo's card, for radiologists and admins
+            page.wait_for_url(url + "/model")
+            assert "resampling patients" in page.text_content("#mean-auroc")
+            assert page.locator("#per-finding tbody tr").count() == 14
+            for chart in ("#roc-chart", "#reliability-chart"):
+                page.wait_for_function(f"() => document.querySelector('{chart}').naturalWidth > 0")
+            assert "differs from this card" in page.text_content("#workers")  # the worker runs demo-v1
+            assert "training images" in page.text_content("#frontal-check")
+            page.screenshot(path=str(shots / "7b-model.png"), full_page=True)
 
             page.click("nav >> text=Users")
             page.wait_for_url(url + "/users")

@@ -3,6 +3,8 @@ validation), and JSON errors on /api/ routes."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
 
 import pytest
@@ -179,3 +181,33 @@ def test_unexpected_error_is_json_500(settings: Settings, monkeypatch: pytest.Mo
     response = app.test_client().get("/api/v1/worklist")
     assert response.status_code == 500
     assert "internal detail" not in response.get_json()["error"]
+
+
+def test_a_study_that_is_not_a_frontal_chest_x_ray_says_so_everywhere(client_and_settings) -> None:  # type: ignore[no-untyped-def]
+    client, settings = client_and_settings
+    reason = "the DICOM modality is CT (computed tomography), not a radiograph"
+    with session_for(settings) as session:
+        batch = Batch()
+        session.add(batch)
+        flagged = add_study(session, batch, due_at=utc(9), urgency=0.0, not_frontal=True, not_frontal_reason=reason,
+                            name="slice.dcm")
+        fine = add_study(session, batch, due_at=utc(10), urgency=0.4, not_frontal=False, name="chest.png")
+        for study in (flagged, fine):
+            for label in FINDINGS:
+                session.add(Finding(study=study, label=label, probability=0.9, threshold=0.5, positive=True))
+        session.commit()
+        ids = flagged.id, fine.id
+    body = client.get(f"/api/v1/studies/{ids[0]}").get_json()
+    assert body["frontal_check"] == {"flagged": True, "reason": reason,
+                                     "label": "not a frontal chest X-ray: findings unreliable"}
+    assert body["summary"].startswith(f"The image does not look like a frontal chest X-ray ({reason})")
+    assert client.get(f"/api/v1/studies/{ids[1]}").get_json()["frontal_check"]["flagged"] is False
+    items = {s["id"]: s for s in client.get("/api/v1/worklist").get_json()["studies"]}
+    assert items[ids[0]]["not_frontal"] is True and items[ids[0]]["not_frontal_reason"] == reason
+    assert items[ids[1]]["not_frontal"] is False
+    page = client.get(f"/studies/{ids[0]}").get_data(as_text=True)
+    assert "Not a frontal chest X-ray: findings unreliable." in page and reason in page
+    assert "Not a frontal chest X-ray" not in client.get(f"/studies/{ids[1]}").get_data(as_text=True)
+    exported = list(csv.DictReader(io.StringIO(client.get("/api/v1/worklist.csv").get_data(as_text=True))))
+    flags = {int(row["study_id"]): row["not_frontal"] for row in exported}
+    assert flags == {ids[0]: "true", ids[1]: "false"}

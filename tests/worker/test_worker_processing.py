@@ -179,6 +179,40 @@ def test_dicom_study_gets_a_display_picture_png_does_not(db, storage, diagnoser,
     assert snapshot(db, plain, with_findings=False)[0]["display_path"] is None
 
 
+def test_an_image_that_is_not_a_frontal_chest_x_ray_is_flagged_and_never_urgent(
+        db, storage, settings: Settings, nih_full_images: list[Path], tmp_path: Path) -> None:
+    """The demo bundle's frontal reference with the untrained 64 px model: a CT slice (its header and
+    its pixels), a page of text (pixels only) and a real X-ray, through the worker's whole path."""
+    import pydicom.data
+
+    from shared.classifier import Classifier, init_bundle
+    from shared.diagnosis import Diagnoser
+    from shared.frontal import FrontalReference
+    from training.negatives import generated_negatives
+
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    directory = tmp_path / "bundle-64"
+    init_bundle(directory, input_size=64, seed=3)
+    classifier = Classifier.load(directory)
+    checked = Diagnoser(classifier, FrontalReference.load(demo, Classifier.load(demo).card.frontal))
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
+    page = generated_negatives(1)["generated: page of text"][0]
+    ids = {"ct": add_study(db, storage, ct, "ct.dcm", fmt="dicom", modality="CT"),
+           "page": add_study(db, storage, page, "page.png"),
+           "xray": add_study(db, storage, nih_full_images[0].read_bytes())}
+    for study_id in ids.values():
+        assert process_study(db, storage, checked, study_id, settings=settings).status == "done"
+    rows = {name: snapshot(db, study_id, with_findings=False)[0] for name, study_id in ids.items()}
+    assert rows["ct"]["not_frontal"] is True and "modality is CT" in rows["ct"]["not_frontal_reason"]
+    assert rows["page"]["not_frontal"] is True and "looks unlike the frontal chest X-rays" in rows["page"][
+        "not_frontal_reason"]
+    assert rows["xray"]["not_frontal"] is False and rows["xray"]["not_frontal_reason"] is None
+    for name in ("ct", "page"):
+        assert rows[name]["urgency"] == 0.0
+        assert rows[name]["due_at"] - rows[name]["finished_at"] == timedelta(
+            minutes=settings.triage_max_wait_minutes)
+
+
 class WatchedStorage(LocalStorage):
     """Storage that notes what the database showed when the study's sheet was written."""
 

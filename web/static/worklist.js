@@ -61,13 +61,20 @@
         who.appendChild(small);
       }
       const findings = document.createElement("td");
+      if (s.not_frontal) {
+        const flag = document.createElement("div");
+        flag.className = "flag not-frontal";
+        flag.textContent = "not a frontal chest X-ray: findings unreliable";
+        flag.title = s.not_frontal_reason || "";
+        findings.appendChild(flag);
+      }
       if (s.positives.length === 0) {
-        findings.textContent = "none above threshold";
-        findings.className = "muted";
+        findings.append("none above threshold");
+        findings.classList.add("muted");
       }
       for (const p of s.positives) {
         const tag = document.createElement("span");
-        tag.className = "tag";
+        tag.className = s.not_frontal ? "tag unreliable" : "tag";
         tag.textContent = `${p.display_name} ${p.probability.toFixed(2)}`;
         findings.appendChild(tag);
       }
