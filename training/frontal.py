@@ -29,6 +29,7 @@ from shared.images import InvalidImage, XRayImage, read_image, read_image_file
 COMPONENTS = 16
 LIMIT_QUANTILE = 0.995
 MAX_REFERENCE_IMAGES = 5000
+MIN_REFERENCE_IMAGES = 4 * COMPONENTS  # fewer: no image reference (the header check only)
 
 
 def model_input(image: XRayImage, input_size: int, clahe: dict[str, Any] | None) -> np.ndarray:
@@ -62,7 +63,13 @@ def fit_reference(train: np.ndarray, validation: np.ndarray, components: int = C
 
 def fit_frontal(bundle_dir: Path, images_dir: Path, train_names: Sequence[str], validation_names: Sequence[str],
                 input_size: int, clahe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit the bundle's reference, write `frontal.npz` beside its card; returns the card's `frontal`."""
+    """Fit the bundle's reference, write `frontal.npz` beside its card; returns the card's `frontal`
+    ({} with too few training images: the bundle then gets the DICOM header check only)."""
+    if len(train_names) < MIN_REFERENCE_IMAGES or not validation_names:
+        print(f"frontal check: {len(train_names)} training images are too few for an image reference "
+              f"(at least {MIN_REFERENCE_IMAGES}); the bundle gets the DICOM header check only", flush=True)
+        (bundle_dir / FRONTAL_FILE).unlink(missing_ok=True)
+        return {}
     rng = np.random.default_rng(0)
     sample = sorted(train_names)
     if len(sample) > MAX_REFERENCE_IMAGES:

@@ -129,7 +129,10 @@ def test_the_demo_bundles_reference_reproduces_from_its_card(nih64_dir: Path, tm
     assert shipped.limit == pytest.approx(refitted.limit, rel=1e-3)
 
 
-def test_a_bundle_without_a_reference_gets_the_header_check_only(tmp_path: Path) -> None:
+def test_a_bundle_without_a_reference_gets_the_header_check_only(tmp_path: Path, nih64_dir: Path) -> None:
+    names = read_card(DEMO).training["split"]["train"]
+    assert fit_frontal(tmp_path, nih64_dir / "images", names[:20], names[20:30], SIZE) == {}  # too few
+    assert not (tmp_path / "frontal.npz").exists()
     assert FrontalReference.load(tmp_path, {}) is None
     assert FrontalReference.load(tmp_path, {"limit": 1.0}) is None  # the card names a file that is absent
 
