@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -108,3 +109,23 @@ def test_diagnose_default_model_dir_comes_from_settings(
     monkeypatch.setenv("MODEL_DIR", str(tmp_path / "configured"))
     assert main(["diagnose", str(nih_full_images[0])]) == 2
     assert str(tmp_path / "configured") in capsys.readouterr().err
+
+
+def test_diagnose_with_the_demo_model_flags_what_is_not_a_chest_x_ray(
+    nih_full_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo bundle's frontal check, as the worker runs it: a real X-ray passes; a chart (pixels only)
+    and pydicom's CT slice (header and pixels) are flagged, with the reason in the output."""
+    import pydicom.data
+
+    from training.negatives import chart
+
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(chart(np.random.default_rng(1)))
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    assert main(["diagnose", str(nih_full_images[0]), str(figure), str(ct), "--model", str(demo)]) == 0
+    xray, drawn, slice_ = _json_lines(capsys.readouterr().out)
+    assert xray["frontal_check"]["flagged"] is False and xray["frontal_check"]["distance"] < 3.0
+    assert drawn["frontal_check"]["flagged"] is True and "looks unlike" in drawn["frontal_check"]["reason"]
+    assert slice_["frontal_check"]["flagged"] is True and "modality is CT" in slice_["frontal_check"]["reason"]
