@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import db, diagnose, dicom, evaluate, model, storage, submit, train, up, user, web, worker
+from cli import db, diagnose, dicom, evaluate, model, pretrain, storage, submit, train, up, user, web, worker
 
 # Each module has `register(subparsers) -> None` and sets `func` on its parser; listed in help order.
-SUBCOMMANDS = (diagnose, model, db, up, worker, web, dicom, storage, train, evaluate, submit, user)
+SUBCOMMANDS = (diagnose, model, db, up, worker, web, dicom, storage, pretrain, train, evaluate, submit, user)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     except (WeightsError, TrainingError, DatasetError, LabelFileError, SplitError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from training.pretrain import record_pretraining
+
+    if record_pretraining(args.out, args.weights):
+        print(f"recorded the pretraining of {args.weights} in {args.out / CARD_FILE}")
     test = card["metrics"].get("test", {})
     print(f"wrote {args.out} (version {card['version']}); validation-chosen thresholds in card.json")
     if test:
