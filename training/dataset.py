@@ -114,6 +114,16 @@ def preprocessed(
         raise DatasetError(f"cannot read {path}: {exc}") from exc
 
 
+def read_failure(exc: Exception) -> DatasetError | None:
+    """The DatasetError behind a tf.data error (a file that could not be read inside the pipeline),
+    as a DatasetError again; None for any other error."""
+    text = str(getattr(exc, "message", exc))
+    if "DatasetError" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if "cannot read" in line]
+    return DatasetError(lines[0].split("DatasetError: ")[-1] if lines else text.strip().splitlines()[0])
+
+
 def load_arrays(
     images_dir: str | Path | ImageIndex,
     names: Sequence[str],
@@ -139,20 +149,24 @@ def _loader(input_size: int, limits: ImageLimits | None, clahe: dict[str, Any] |
 
 
 def _decoder(paths: Sequence[str], input_size: int, load: Loader) -> Callable[[Any], Any]:
-    """A tf function: row number -> that file's (S, S, 3) image (decoded in Python by `load`; tf.data
-    runs several at once)."""
+    """A tf function: a batch of row numbers -> those files' (N, S, S, 3) images, decoded in Python by
+    `load` (one call per batch, not per image: less switching on a busy CPU); tf.data decodes
+    several batches at once."""
     import tensorflow as tf
 
     stored = np.asarray(paths, dtype=object)
 
-    def decode(row: np.int64) -> np.ndarray:
-        return np.asarray(load(str(stored[int(row)])), dtype=np.float32)
+    def decode(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), input_size, input_size, 3), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i] = load(str(stored[int(row)]))
+        return out
 
-    def image(row: Any) -> Any:
-        return tf.ensure_shape(tf.numpy_function(decode, [row], tf.float32, stateful=False),
-                               [input_size, input_size, 3])
+    def images(rows: Any) -> Any:
+        return tf.ensure_shape(tf.numpy_function(decode, [rows], tf.float32, stateful=False),
+                               [None, input_size, input_size, 3])
 
-    return image
+    return images
 
 
 def image_batches(
@@ -167,9 +181,9 @@ def image_batches(
     decoded and preprocessed in parallel ahead of use: for predictions over a whole split."""
     import tensorflow as tf
 
-    image = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
-    images = tf.data.Dataset.range(len(paths)).map(image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    images = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
+    rows = tf.data.Dataset.range(len(paths)).batch(batch_size)
+    return rows.map(images, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _augment_batch(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> tf.Tensor:
@@ -235,11 +249,12 @@ def train_dataset(
     rows = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         rows = rows.repeat()
-    image = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
+    images = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
     table = tf.constant(labels)
-    dataset = rows.map(
-        lambda row: (image(row), tf.gather(table, row)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    ).batch(batch_size)
+    dataset = rows.batch(batch_size).map(
+        lambda batch: (images(batch), tf.gather(table, batch)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if augmentation is not None:
         counter = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, counter)).map(

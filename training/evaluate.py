@@ -8,7 +8,7 @@ Everything here is deterministic: fixed prediction batch size, fixed bootstrap s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from training.calibration import (
     positives_per_study,
     threshold_rule,
 )
-from training.dataset import ImageIndex, image_batches, image_paths
+from training.dataset import ImageIndex, image_batches, image_paths, read_failure
 from training.labels import BBOX_FRAME, BoundingBox, LabelTable, read_boxes, read_labels
 from training.metrics import (
     auroc,
@@ -63,6 +63,23 @@ def _r(value: float) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), ROUND)
 
 
+def _numpy_batches(batches: Any) -> Iterator[np.ndarray]:
+    """The pipeline's batches; a file that cannot be read is a DatasetError naming it."""
+    import tensorflow as tf
+
+    iterator = batches.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            failure = read_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+
 def predict(
     classifier: Classifier,
     images_dir: str | Path | ImageIndex,
@@ -86,7 +103,7 @@ def predict(
     batches = image_batches(paths, classifier.input_size, PREDICT_BATCH, limits, classifier.clahe)
     start = 0
     with tqdm(total=len(paths), desc=f"predict {description}", unit="img", disable=not progress) as bar:
-        for batch in batches.as_numpy_iterator():
+        for batch in _numpy_batches(batches):
             raw, feats = classifier.predict(batch)
             probabilities[start : start + len(raw)] = classifier.calibrate(raw) if calibrated else raw
             for i, name in enumerate(table.images[start : start + len(raw)]):

@@ -18,7 +18,7 @@ import numpy as np
 
 from shared.classifier import PREPROCESSING, build_model, clahe_settings
 from shared.findings import FINDINGS
-from training.dataset import Augmentation, ImageIndex, image_batches, train_dataset
+from training.dataset import Augmentation, ImageIndex, image_batches, read_failure, train_dataset
 from training.devices import configure
 from training.labels import LabelTable, read_labels
 from training.metrics import auroc, nanmean
@@ -287,8 +287,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     global_batch = config.batch_size * placement.replicas
     augmentation = Augmentation() if config.augment else None
+    # a resumed run draws new orders and augmentations, not those of the first epochs again
     dataset = train_dataset(paths["train"], train_y, global_batch, config.image_size, augmentation,
-                            seed=config.seed, clahe=clahe, repeat=config.steps_per_epoch is not None)
+                            seed=config.seed + initial_epoch, clahe=clahe, repeat=config.steps_per_epoch is not None)
     validation = image_batches(paths["validation"], config.image_size, VALIDATION_BATCH * placement.replicas,
                                clahe=clahe)
     callback = _checkpoint_callback(config, model, fit_model, validation, val_y, state, started, global_batch)
@@ -306,9 +307,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 verbose=1 if (config.progress and sys.stdout.isatty()) else 2,
             )
         except tf.errors.OpError as exc:
-            if "DatasetError" not in str(exc):
+            failure = read_failure(exc)
+            if failure is None:
                 raise
-            raise TrainingError(f"an image could not be read: {exc.message.strip().splitlines()[0]}") from exc
+            raise failure from exc
     fit_seconds = time.monotonic() - fit_started
     if state["best_epoch"] is None:
         raise TrainingError("no epoch had a defined validation AUROC; the validation split needs positives")
@@ -386,11 +388,15 @@ def finalise(
         thresholds=dict.fromkeys(FINDINGS, 0.5),
         metrics={},
     )
-    return calibrate_bundle(config.out_dir, index or config.images_dir, subsets, progress=config.progress)
+    return calibrate_bundle(config.out_dir, config.images_dir, subsets, progress=config.progress, index=index)
 
 
 def calibrate_bundle(
-    bundle_dir: Path, images_dir: Path | ImageIndex, subsets: dict[str, LabelTable], progress: bool = True
+    bundle_dir: Path,
+    images_dir: Path,
+    subsets: dict[str, LabelTable],
+    progress: bool = True,
+    index: ImageIndex | None = None,
 ) -> dict[str, Any]:
     """Reload the bundle exactly as the service does, predict validation and test with the network's
     own outputs, fit the calibration and choose the thresholds on validation only, and rewrite
@@ -403,11 +409,12 @@ def calibrate_bundle(
 
     classifier = Classifier.load(bundle_dir)
     previous = classifier.card
-    validation = predict(classifier, images_dir, subsets["validation"], progress=progress,
+    images = index or ImageIndex(images_dir)  # the files, found once under images_dir
+    validation = predict(classifier, images, subsets["validation"], progress=progress,
                          description="validation", calibrated=False)
     test = None
     if len(subsets["test"]):
-        test = predict(classifier, images_dir, subsets["test"], progress=progress, description="test",
+        test = predict(classifier, images, subsets["test"], progress=progress, description="test",
                        calibrated=False)
     result = calibrate_and_evaluate(validation, test, training_prevalence(subsets["train"].targets))
     keep = {"name", "trained", "intended_use", "training", "note", "preprocessing"}

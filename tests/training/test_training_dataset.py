@@ -19,6 +19,7 @@ from training.dataset import (
     _augment_batch,
     image_batches,
     load_arrays,
+    read_failure,
     train_dataset,
 )
 from training.labels import read_labels
@@ -120,8 +121,11 @@ def test_repeated_stream_reshuffles_after_each_pass() -> None:
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(Exception, match="cannot read .*broken.png"):
+    with pytest.raises(Exception, match="cannot read .*broken.png") as raised:
         list(image_batches([str(tmp_path / "broken.png")], 32, 4).as_numpy_iterator())
+    failure = read_failure(raised.value)
+    assert isinstance(failure, DatasetError) and str(failure).startswith(f"cannot read {tmp_path / 'broken.png'}")
+    assert read_failure(RuntimeError("something else")) is None
 
 
 def test_augmentation_is_small_and_identity_when_zero() -> None:
