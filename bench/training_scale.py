@@ -179,7 +179,8 @@ def run_training(root: Path, steps: int, batch: int, size: int) -> dict[str, obj
         "train_s": epoch.get("train_s"),
         "train_images_per_s": epoch.get("train_images_per_s"),
         "validation_predict_s": epoch.get("validation_s"),
-        "images": training["split_sizes"],
+        "images": {name: sizes["images"] for name, sizes in training["split_sizes"].items()},
+        "fit_s": training["fit_wall_time_s"],
         "test_mean_auroc": card["metrics"].get("test", {}).get("mean_auroc"),
     }
 
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         sizes = r["images"]
-        print(f"| {r['data']['rows']:,} | {r['data']['patients']:,} | {sizes['train']['images']:,} / "
-              f"{sizes['validation']['images']:,} / {sizes['test']['images']:,} | {r['peak_rss_mib']:,} MiB | "
+        print(f"| {r['data']['rows']:,} | {r['data']['patients']:,} | {sizes['train']:,} / "
+              f"{sizes['validation']:,} / {sizes['test']:,} | {r['peak_rss_mib']:,} MiB | "
               f"{r['wall_s']} s | {r['train_images_per_s']} | {r['validation_predict_s']} s |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
