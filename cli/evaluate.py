@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "patient-hash split or NIH's lists). Thresholds are the card's (chosen on validation).",
     )
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
-    parser.add_argument("--images", type=Path, required=True, help="folder of NIH PNG images")
+    parser.add_argument("--images", type=Path, required=True,
+                        help="folder of NIH PNG images, flat or in subfolders (images_001/images/ ...)")
     parser.add_argument("--labels", type=Path, required=True, help="NIH Data_Entry file (.csv or .csv.gz)")
     parser.add_argument("--bbox", type=Path, default=None, help="NIH BBox_List_2017 file for localisation")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"],

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "test metrics, ECE and Brier before/after, report.md, roc.png and reliability.png.",
     )
     calibrate.add_argument("directory", type=Path, metavar="DIR")
-    calibrate.add_argument("--images", type=Path, required=True, help="folder of NIH PNG images")
+    calibrate.add_argument("--images", type=Path, required=True,
+                           help="folder of NIH PNG images, flat or in subfolders (images_001/images/ ...)")
     calibrate.add_argument("--labels", type=Path, required=True, help="NIH Data_Entry file (.csv or .csv.gz)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
     calibrate.set_defaults(func=calibrate_command)

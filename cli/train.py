@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train ResNet50 on NIH ChestX-ray14 images with a patient-wise split, choose "
         "thresholds on validation, evaluate on test, and write models/NAME (weights + card.json).",
     )
-    parser.add_argument("--images", type=Path, required=True, help="folder of NIH PNG images")
+    parser.add_argument("--images", type=Path, required=True,
+                        help="folder of NIH PNG images, flat or in subfolders (NIH's images_001/images/ ... "
+                        "images_012/images/): each name is looked up in the whole tree")
     parser.add_argument("--labels", type=Path, required=True, help="NIH Data_Entry file (.csv or .csv.gz)")
     parser.add_argument("--split-lists", type=Path, default=None,
                         help="folder with NIH's train_val_list.txt and test_list.txt "
@@ -50,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/demo"), help="bundle folder (default models/demo)")
     parser.add_argument("--image-size", type=_input_size, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default 16)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16,
+                        help="images per step on each device (default 16; with several GPUs the global batch "
+                        "is this times their number)")
     parser.add_argument("--weights", default="none",
                         help="initial weights: 'imagenet' (needs internet), 'none' (from scratch, the "
                         "default), a Keras ResNet50 notop .h5 file, or a bundle folder")
@@ -62,9 +66,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="where checkpoints go (default var/checkpoints/NAME)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="keep preprocessed images in memory-mapped files here instead of in memory "
-                        "(needed for the full data set: about 0.6 MB per image at 224)")
+    parser.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+                        help="end each epoch after this many batches (default: one pass over the training "
+                        "split); the stream keeps reshuffling, so short epochs still cover all images")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
+                        help="'mixed': float16 compute with float32 weights and loss (fast on GPUs); "
+                        "default 'auto': mixed on GPUs, float32 on the CPU. The bundle is float32 either way")
+    parser.add_argument("--gpus", default="auto",
+                        help="how many GPUs to use (default 'auto': all visible; 0: CPU only). With more than "
+                        "one, each gets --batch-size images per step (MirroredStrategy)")
+    parser.add_argument("--cpu-replicas", type=_positive_int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                         help="stop after the epoch that would otherwise overrun this many minutes")
@@ -87,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print("note: --fine-tune-layers is ignored when training from scratch (all layers train)", file=sys.stderr)
 
     from training.dataset import DatasetError
+    from training.devices import DeviceError
     from training.labels import LabelFileError
     from training.model import WeightsError
     from training.splits import SplitError
@@ -109,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir or project_root / "var" / "checkpoints" / args.out.name,
         resume=args.resume,
         time_budget_min=args.time_budget,
-        cache_dir=args.cache_dir,
+        steps_per_epoch=args.steps_per_epoch,
+        precision=args.precision,
+        gpus=args.gpus,
+        cpu_replicas=args.cpu_replicas,
         max_pos_weight=args.max_pos_weight,
         augment=not args.no_augment,
         clahe=args.clahe,
@@ -117,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         card = train(config)
-    except (WeightsError, TrainingError, DatasetError, LabelFileError, SplitError, BundleError) as exc:
+    except (WeightsError, TrainingError, DatasetError, DeviceError, LabelFileError, SplitError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from training.pretrain import record_pretraining

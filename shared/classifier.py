@@ -201,7 +201,10 @@ def build_model(input_size: int, weights: str | Path | None = None) -> keras.Mod
     )
     features = base.get_layer(CAM_LAYER).output
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    probabilities = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=PROBABILITIES_LAYER)(pooled)
+    # float32 even when training under mixed precision, so the probabilities and the loss stay float32
+    probabilities = keras.layers.Dense(
+        len(FINDINGS), activation="sigmoid", name=PROBABILITIES_LAYER, dtype="float32"
+    )(pooled)
     return keras.Model(inputs=base.input, outputs=[probabilities, features], name="resnet50_chestxray14")
 
 

@@ -1,30 +1,31 @@
-"""Images -> cached preprocessed arrays -> tf.data pipelines.
+"""Image files -> streamed, preprocessed tf.data batches.
 
 Decoding and preprocessing are the service's own calls (`shared.images.read_image_file`,
-`shared.classifier.preprocess`), so the model is trained on exactly what it will be served. Each
-image is preprocessed once and cached, in memory or, for data sets larger than memory, in a
-memory-mapped float32 .npy file. Training batches are lightly augmented (small rotations, shifts,
-brightness and contrast), never flipped: chest anatomy is not left-right symmetric and the service
-never sees a flipped film.
+`shared.classifier.preprocess`), so the model is trained on exactly what it will be served. Images
+are streamed from disk: only the (path, labels) index is held in memory, each epoch reshuffles it,
+and the files are decoded in parallel while the model trains, so memory does not grow with the
+number of images. Training batches are lightly augmented (small rotations, shifts, brightness and
+contrast), never flipped: chest anatomy is not left-right symmetric and the service never sees a
+flipped film.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
-from shared.classifier import PREPROCESSING, preprocess
+from shared.classifier import preprocess
 from shared.config import ImageLimits
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+EXAMPLES = 3  # names quoted in an error
 
 
 class DatasetError(ValueError):
@@ -57,79 +58,132 @@ def load_pixels(path: Path, limits: ImageLimits) -> np.ndarray:
     return read_image_file(path, limits).source
 
 
+class ImageIndex:
+    """Where each image name lives under one folder: the folder itself (a flat folder of PNGs) or any
+    of its subfolders (NIH's `images_001/images/...` to `images_012/images/...`), found by one
+    recursive scan. A name that occurs twice is kept aside, so asking for it is an error, never a
+    silent choice between two files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root} is not a folder; --images takes the folder holding the images")
+        self._paths: dict[str, str] = {}
+        self._duplicates: dict[str, list[str]] = {}
+        for folder, subfolders, files in os.walk(self.root, followlinks=True):
+            subfolders.sort()
+            for name in files:
+                path = os.path.join(folder, name)
+                if name in self._paths or name in self._duplicates:
+                    self._duplicates.setdefault(name, [self._paths.pop(name, "")]).append(path)
+                else:
+                    self._paths[name] = path
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def paths(self, names: Sequence[str]) -> list[str]:
+        """The file of each name, in order; a clear error when any is missing or found twice."""
+        twice = [name for name in names if name in self._duplicates]
+        if twice:
+            examples = "; ".join(f"{n} ({' and '.join(self._duplicates[n][:2])})" for n in twice[:EXAMPLES])
+            raise DatasetError(f"{len(twice)} of {len(names)} images occur more than once under {self.root} "
+                               f"(e.g. {examples}); keep one copy of each")
+        missing = [name for name in names if name not in self._paths]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} of {len(names)} images are not in {self.root} or its subfolders "
+                f"(e.g. {', '.join(missing[:EXAMPLES])}); check --images"
+            )
+        return [self._paths[name] for name in names]
+
+
+def image_paths(images_dir: str | Path | ImageIndex, names: Sequence[str]) -> list[str]:
+    """`ImageIndex(images_dir).paths(names)`, reusing an index already built."""
+    index = images_dir if isinstance(images_dir, ImageIndex) else ImageIndex(images_dir)
+    return index.paths(names)
+
+
+def preprocessed(
+    path: str | Path, input_size: int, limits: ImageLimits | None = None, clahe: dict[str, Any] | None = None
+) -> np.ndarray:
+    """One file decoded and preprocessed exactly as the service does: (S, S, 3) float32."""
+    try:
+        return preprocess(load_pixels(Path(path), limits or ImageLimits()), input_size, clahe)
+    except ValueError as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+def read_failure(exc: Exception) -> DatasetError | None:
+    """The DatasetError behind a tf.data error (a file that could not be read inside the pipeline),
+    as a DatasetError again; None for any other error."""
+    text = str(getattr(exc, "message", exc))
+    if "DatasetError" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if "cannot read" in line]
+    return DatasetError(lines[0].split("DatasetError: ")[-1] if lines else text.strip().splitlines()[0])
+
+
 def load_arrays(
-    images_dir: str | Path,
+    images_dir: str | Path | ImageIndex,
     names: Sequence[str],
     input_size: int,
     limits: ImageLimits | None = None,
-    progress: bool = True,
-    description: str = "images",
     clahe: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """Decode and preprocess `names` from `images_dir` into one (N, S, S, 3) float32 array
-    (`clahe`: the card's CLAHE settings, see `shared.classifier.preprocess`)."""
-    images_dir = Path(images_dir)
-    limits = limits or ImageLimits()
-    missing = [name for name in names if not (images_dir / name).is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} of {len(names)} images are not in {images_dir} "
-            f"(e.g. {', '.join(missing[:3])}); check --images"
-        )
+    """Decode and preprocess `names` into one (N, S, S, 3) float32 array: for a handful of images
+    (tests, checks); training and evaluation stream instead (`image_batches`, `train_dataset`)."""
+    paths = image_paths(images_dir, names)
     out = np.empty((len(names), input_size, input_size, 3), dtype=np.float32)
-    for i, name in enumerate(tqdm(names, desc=f"decode {description}", unit="img", disable=not progress)):
-        try:
-            out[i] = preprocess(load_pixels(images_dir / name, limits), input_size, clahe)
-        except ValueError as exc:
-            raise DatasetError(f"cannot read {images_dir / name}: {exc}") from exc
+    for i, path in enumerate(paths):
+        out[i] = preprocessed(path, input_size, limits, clahe)
     return out
 
 
-CACHE_FORMAT = 1
-CACHE_CHUNK = 256
+Loader = Callable[[str], np.ndarray]
 
 
-def cache_key(images_dir: Path, names: Sequence[str], input_size: int, clahe: dict[str, Any] | None = None) -> str:
-    """Identifies the cached arrays: the folder, the names in order, the size and the preprocessing."""
-    identity = {
-        "format": CACHE_FORMAT,
-        "images": str(Path(images_dir).resolve()),
-        "names": list(names),
-        "input_size": input_size,
-        "preprocessing": PREPROCESSING if not clahe else {**PREPROCESSING, "clahe": clahe},
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def _loader(input_size: int, limits: ImageLimits | None, clahe: dict[str, Any] | None) -> Loader:
+    limits = limits or ImageLimits()
+    return lambda path: preprocessed(path, input_size, limits, clahe)
 
 
-def cached_arrays(
-    images_dir: str | Path,
-    names: Sequence[str],
+def _decoder(paths: Sequence[str], input_size: int, load: Loader) -> Callable[[Any], Any]:
+    """A tf function: a batch of row numbers -> those files' (N, S, S, 3) images, decoded in Python by
+    `load` (one call per batch, not per image: less switching on a busy CPU); tf.data decodes
+    several batches at once."""
+    import tensorflow as tf
+
+    stored = np.asarray(paths, dtype=object)
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), input_size, input_size, 3), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i] = load(str(stored[int(row)]))
+        return out
+
+    def images(rows: Any) -> Any:
+        return tf.ensure_shape(tf.numpy_function(decode, [rows], tf.float32, stateful=False),
+                               [None, input_size, input_size, 3])
+
+    return images
+
+
+def image_batches(
+    paths: Sequence[str],
     input_size: int,
-    cache_dir: str | Path | None = None,
+    batch_size: int,
     limits: ImageLimits | None = None,
-    progress: bool = True,
-    description: str = "images",
     clahe: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """`load_arrays`, kept in memory (cache_dir None) or memory-mapped from a .npy file in
-    `cache_dir` that is written once and reused by later runs (e.g. `--resume`)."""
-    if cache_dir is None:
-        return load_arrays(images_dir, names, input_size, limits, progress, description, clahe)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{description}-{input_size}-{cache_key(Path(images_dir), names, input_size, clahe)}.npy"
-    if not path.is_file():
-        tmp = path.with_name(path.stem + ".partial.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                        shape=(len(names), input_size, input_size, 3))
-        for start in tqdm(range(0, len(names), CACHE_CHUNK), desc=f"cache {description}", unit="chunk",
-                          disable=not progress):
-            chunk = names[start : start + CACHE_CHUNK]
-            out[start : start + len(chunk)] = load_arrays(images_dir, chunk, input_size, limits, False, clahe=clahe)
-        out.flush()
-        del out
-        tmp.replace(path)
-    return np.load(path, mmap_mode="r")
+    load: Loader | None = None,
+) -> tf.data.Dataset:
+    """The images of `paths` in their order, in batches of `batch_size` (the last may be smaller),
+    decoded and preprocessed in parallel ahead of use: for predictions over a whole split."""
+    import tensorflow as tf
+
+    images = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
+    rows = tf.data.Dataset.range(len(paths)).batch(batch_size)
+    return rows.map(images, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _augment_batch(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> tf.Tensor:
@@ -170,36 +224,36 @@ def _augment_batch(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tenso
 
 
 def train_dataset(
-    x: np.ndarray,
+    paths: Sequence[str],
     y: np.ndarray,
     batch_size: int,
+    input_size: int,
     augmentation: Augmentation | None = None,
     seed: int = 0,
+    limits: ImageLimits | None = None,
+    clahe: dict[str, Any] | None = None,
+    repeat: bool = False,
+    load: Loader | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled batches (reshuffled each epoch) gathered from the cached arrays, augmented."""
+    """Training batches streamed from `paths`: the index is reshuffled each epoch, the images decoded
+    and preprocessed in parallel (`load`, default the service's own decoding), batched with their
+    labels, augmented, prefetched. `repeat`: an endless stream (epochs then end after a number of
+    steps) that still reshuffles after each pass over the data."""
     import tensorflow as tf
 
-    if len(x) != len(y):
-        raise DatasetError(f"{len(x)} images but {len(y)} label rows")
-    if len(x) == 0:
+    labels = np.asarray(y, dtype=np.float32)
+    if len(paths) != len(labels):
+        raise DatasetError(f"{len(paths)} images but {len(labels)} label rows")
+    if len(paths) == 0:
         raise DatasetError("no training images")
-
-    def gather(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.sort(rows)
-        return x[rows], y[rows]
-
-    size = x.shape[1]
-    dataset = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    dataset = dataset.map(
-        lambda rows: tf.numpy_function(gather, [rows], (tf.float32, tf.float32), stateful=False),
-        num_parallel_calls=1,
-    )
-    dataset = dataset.map(
-        lambda images, labels: (
-            tf.ensure_shape(images, [None, size, size, 3]),
-            tf.ensure_shape(labels, [None, y.shape[1]]),
-        )
+    rows = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        rows = rows.repeat()
+    images = _decoder(paths, input_size, load or _loader(input_size, limits, clahe))
+    table = tf.constant(labels)
+    dataset = rows.batch(batch_size).map(
+        lambda batch: (images(batch), tf.gather(table, batch)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     if augmentation is not None:
         counter = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -207,4 +261,4 @@ def train_dataset(
             lambda batch, s: (_augment_batch(batch[0], augmentation, tf.cast(s % (2**31), tf.int32)), batch[1]),
             num_parallel_calls=1,
         )
-    return dataset.prefetch(2)
+    return dataset.prefetch(tf.data.AUTOTUNE)

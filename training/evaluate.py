@@ -8,7 +8,7 @@ Everything here is deterministic: fixed prediction batch size, fixed bootstrap s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from training.calibration import (
     positives_per_study,
     threshold_rule,
 )
-from training.dataset import load_arrays
+from training.dataset import ImageIndex, image_batches, image_paths, read_failure
 from training.labels import BBOX_FRAME, BoundingBox, LabelTable, read_boxes, read_labels
 from training.metrics import (
     auroc,
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from shared.classifier import Classifier
 
 PREDICT_BATCH = 16  # fixed, so that predictions (and so metrics) do not depend on a setting
-CHUNK = 256  # images decoded at a time
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
@@ -64,9 +63,26 @@ def _r(value: float) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), ROUND)
 
 
+def _numpy_batches(batches: Any) -> Iterator[np.ndarray]:
+    """The pipeline's batches; a file that cannot be read is a DatasetError naming it."""
+    import tensorflow as tf
+
+    iterator = batches.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            failure = read_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+
 def predict(
     classifier: Classifier,
-    images_dir: str | Path,
+    images_dir: str | Path | ImageIndex,
     table: LabelTable,
     keep_features_for: set[str] | None = None,
     limits: ImageLimits | None = None,
@@ -74,24 +90,29 @@ def predict(
     description: str = "images",
     calibrated: bool = True,
 ) -> Predictions:
-    """Decode, preprocess and predict every image of `table` (in chunks, fixed batch size); the
-    probabilities are the served ones (the card's calibration applied) unless `calibrated` is False."""
+    """Predict every image of `table`, streamed from disk (decoded and preprocessed in parallel, in
+    the table's order, batches of the fixed PREDICT_BATCH); the probabilities are the served ones
+    (the card's calibration applied) unless `calibrated` is False. Memory holds a few batches and
+    the (N, 14) probabilities, whatever N."""
+    from tqdm import tqdm
+
     keep = keep_features_for or set()
+    paths = image_paths(images_dir, table.images)
     probabilities = np.zeros((len(table), len(FINDINGS)), dtype=np.float32)
     features: dict[str, np.ndarray] = {}
-    for start in range(0, len(table), CHUNK):
-        names = table.images[start : start + CHUNK]
-        arrays = load_arrays(
-            images_dir, names, classifier.input_size, limits, progress=progress, description=description,
-            clahe=classifier.clahe,
-        )
-        for b in range(0, len(names), PREDICT_BATCH):
-            raw, feats = classifier.predict(arrays[b : b + PREDICT_BATCH])
-            probs = classifier.calibrate(raw) if calibrated else raw
-            probabilities[start + b : start + b + len(probs)] = probs
-            for i, name in enumerate(names[b : b + PREDICT_BATCH]):
+    batches = image_batches(paths, classifier.input_size, PREDICT_BATCH, limits, classifier.clahe)
+    start = 0
+    with tqdm(total=len(paths), desc=f"predict {description}", unit="img", disable=not progress) as bar:
+        for batch in _numpy_batches(batches):
+            raw, feats = classifier.predict(batch)
+            probabilities[start : start + len(raw)] = classifier.calibrate(raw) if calibrated else raw
+            for i, name in enumerate(table.images[start : start + len(raw)]):
                 if name in keep:
                     features[name] = feats[i]
+            start += len(raw)
+            bar.update(len(raw))
+    if start != len(table):
+        raise RuntimeError(f"predicted {start} of {len(table)} images")
     return Predictions(table.images, table.patients, table.targets.copy(), probabilities, features)
 
 

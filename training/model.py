@@ -86,6 +86,13 @@ def probabilities_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs=model.inputs, outputs=model.outputs[0], name="resnet50_probabilities")
 
 
+def loss_scaled(optimizer: Any) -> Any:
+    """The optimizer wrapped in dynamic loss scaling, which float16 gradients need (mixed precision)."""
+    import keras
+
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
 def positive_weights(targets: np.ndarray, cap: float | None = None) -> np.ndarray:
     """pos_weight per finding = negatives / positives in the training split (1 with no positives)."""
     targets = np.asarray(targets, dtype=np.float64)
