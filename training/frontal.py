@@ -25,6 +25,7 @@ from shared.classifier import preprocess, read_card
 from shared.config import ImageLimits
 from shared.frontal import FRONTAL_FILE, THUMBNAIL, FrontalReference, check, thumbnail
 from shared.images import InvalidImage, XRayImage, read_image, read_image_file
+from training.dataset import ImageIndex, image_paths
 
 COMPONENTS = 16
 LIMIT_QUANTILE = 0.995
@@ -40,7 +41,7 @@ def thumbnails(paths: Iterable[Path], input_size: int, clahe: dict[str, Any] | N
     """(N, 1024) thumbnails of image files, decoded and preprocessed by the service's own code."""
     limits = ImageLimits()
     rows = [thumbnail(model_input(read_image_file(path, limits), input_size, clahe)) for path in paths]
-    return np.asarray(rows, dtype=np.float64).reshape(-1, THUMBNAIL * THUMBNAIL)
+    return np.asarray(rows, dtype=np.float32).reshape(-1, THUMBNAIL * THUMBNAIL)  # 4 KB per image
 
 
 def fit_reference(train: np.ndarray, validation: np.ndarray, components: int = COMPONENTS,
@@ -61,10 +62,12 @@ def fit_reference(train: np.ndarray, validation: np.ndarray, components: int = C
     return FrontalReference(mean=mean, components=basis, residual_scale=scale, limit=limit)
 
 
-def fit_frontal(bundle_dir: Path, images_dir: Path, train_names: Sequence[str], validation_names: Sequence[str],
-                input_size: int, clahe: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit_frontal(bundle_dir: Path, images: Path | ImageIndex, train_names: Sequence[str],
+                validation_names: Sequence[str], input_size: int, clahe: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """Fit the bundle's reference, write `frontal.npz` beside its card; returns the card's `frontal`
-    ({} with too few training images: the bundle then gets the DICOM header check only)."""
+    ({} with too few training images: the bundle then gets the DICOM header check only). `images`:
+    the images folder (flat or NIH's 12 folders) or its index."""
     if len(train_names) < MIN_REFERENCE_IMAGES or not validation_names:
         print(f"frontal check: {len(train_names)} training images are too few for an image reference "
               f"(at least {MIN_REFERENCE_IMAGES}); the bundle gets the DICOM header check only", flush=True)
@@ -74,8 +77,8 @@ def fit_frontal(bundle_dir: Path, images_dir: Path, train_names: Sequence[str], 
     sample = sorted(train_names)
     if len(sample) > MAX_REFERENCE_IMAGES:
         sample = sorted(rng.choice(sample, MAX_REFERENCE_IMAGES, replace=False).tolist())
-    reference = fit_reference(thumbnails((images_dir / n for n in sample), input_size, clahe),
-                              thumbnails((images_dir / n for n in validation_names), input_size, clahe))
+    reference = fit_reference(thumbnails(map(Path, image_paths(images, sample)), input_size, clahe),
+                              thumbnails(map(Path, image_paths(images, validation_names)), input_size, clahe))
     reference.save(bundle_dir)
     return {
         "method": "residual energy of the standardised 32x32 thumbnail of the model input outside the "

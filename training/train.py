@@ -419,7 +419,7 @@ def calibrate_bundle(
         test = predict(classifier, images, subsets["test"], progress=progress, description="test",
                        calibrated=False)
     result = calibrate_and_evaluate(validation, test, training_prevalence(subsets["train"].targets))
-    frontal = fit_frontal(bundle_dir, images_dir, subsets["train"].images, subsets["validation"].images,
+    frontal = fit_frontal(bundle_dir, images, subsets["train"].images, subsets["validation"].images,
                           classifier.input_size, classifier.clahe)
     keep = {"name", "trained", "intended_use", "training", "note", "preprocessing"}
     card = save_bundle(
