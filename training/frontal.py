@@ -1,8 +1,9 @@
 """Fit the frontal-chest-X-ray check (`shared.frontal`) of a bundle, and measure what it flags.
 
-The reference is fitted on the training split's thumbnails (at most MAX_REFERENCE_IMAGES, a fixed
-sample) and the limit is the LIMIT_QUANTILE quantile of the validation split's distances: about one
-validation X-ray in 200 lies beyond it.
+The reference is fitted on the training split's thumbnails and the limit is the LIMIT_QUANTILE
+quantile of the validation split's distances (about one validation X-ray in 200 lies beyond it);
+each split at most MAX_REFERENCE_IMAGES, a fixed sample, so the fit's memory does not grow with the
+data set.
 
 `python -m training.frontal MODEL_DIR --data ../shared/data` reports, for the bundle's check, the
 share flagged of each set of frontal X-rays at hand and of each kind of negative
@@ -40,8 +41,11 @@ def model_input(image: XRayImage, input_size: int, clahe: dict[str, Any] | None)
 def thumbnails(paths: Iterable[Path], input_size: int, clahe: dict[str, Any] | None = None) -> np.ndarray:
     """(N, 1024) thumbnails of image files, decoded and preprocessed by the service's own code."""
     limits = ImageLimits()
-    rows = [thumbnail(model_input(read_image_file(path, limits), input_size, clahe)) for path in paths]
-    return np.asarray(rows, dtype=np.float32).reshape(-1, THUMBNAIL * THUMBNAIL)  # 4 KB per image
+    files = list(paths)
+    out = np.empty((len(files), THUMBNAIL * THUMBNAIL), dtype=np.float32)  # 4 KB per image
+    for i, path in enumerate(files):
+        out[i] = thumbnail(model_input(read_image_file(path, limits), input_size, clahe))
+    return out
 
 
 def fit_reference(train: np.ndarray, validation: np.ndarray, components: int = COMPONENTS,
@@ -73,12 +77,9 @@ def fit_frontal(bundle_dir: Path, images: Path | ImageIndex, train_names: Sequen
               f"(at least {MIN_REFERENCE_IMAGES}); the bundle gets the DICOM header check only", flush=True)
         (bundle_dir / FRONTAL_FILE).unlink(missing_ok=True)
         return {}
-    rng = np.random.default_rng(0)
-    sample = sorted(train_names)
-    if len(sample) > MAX_REFERENCE_IMAGES:
-        sample = sorted(rng.choice(sample, MAX_REFERENCE_IMAGES, replace=False).tolist())
+    sample, held_out = _sample(train_names), _sample(validation_names)
     reference = fit_reference(thumbnails(map(Path, image_paths(images, sample)), input_size, clahe),
-                              thumbnails(map(Path, image_paths(images, validation_names)), input_size, clahe))
+                              thumbnails(map(Path, image_paths(images, held_out)), input_size, clahe))
     reference.save(bundle_dir)
     return {
         "method": "residual energy of the standardised 32x32 thumbnail of the model input outside the "
@@ -89,10 +90,19 @@ def fit_frontal(bundle_dir: Path, images: Path | ImageIndex, train_names: Sequen
         "fitted_on": {"split": "train", "images": len(sample)},
         "limit": round(reference.limit, 4),
         "limit_rule": f"the {LIMIT_QUANTILE:g} quantile of the validation split's distances "
-                      f"({len(validation_names)} images)",
+                      f"({len(held_out)} images)",
         "header": "DICOM modality other than CR/DX/RG (OT, SC or none: the image decides), a lateral or "
                   "oblique view position, or a body part other than the chest",
     }
+
+
+def _sample(names: Sequence[str]) -> list[str]:
+    """All of `names`, or a fixed sample of MAX_REFERENCE_IMAGES of them: the memory the fit needs
+    stays the same however large the data set."""
+    chosen = sorted(names)
+    if len(chosen) > MAX_REFERENCE_IMAGES:
+        chosen = sorted(np.random.default_rng(0).choice(chosen, MAX_REFERENCE_IMAGES, replace=False).tolist())
+    return chosen
 
 
 # ------------------------------------------------------------------------------- measurement
