@@ -156,9 +156,7 @@ class Diagnoser:
         ]
         cam_ms = _ms_since(start)
         start = time.perf_counter()
-        header = image.info.metadata
-        frontal = check(model_input, self.frontal, *(
-            (header.modality, header.view_position, header.body_part_examined) if header else ()))
+        frontal = check(model_input, self.frontal, image.info.metadata)
         timings = {
             "preprocess": preprocess_ms,
             "forward": forward_ms / batch_size,

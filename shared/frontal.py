@@ -20,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from shared.images import DicomMetadata
 
 FRONTAL_FILE = "frontal.npz"
 THUMBNAIL = 32
@@ -115,11 +118,13 @@ def header_reason(modality: str | None, view_position: str | None, body_part: st
     return None
 
 
-def check(model_input: np.ndarray, reference: FrontalReference | None, modality: str | None = None,
-          view_position: str | None = None, body_part: str | None = None) -> FrontalCheck:
-    """The verdict for one image: the header first, then the distance from the training X-rays."""
+def check(model_input: np.ndarray, reference: FrontalReference | None,
+          header: DicomMetadata | None = None) -> FrontalCheck:
+    """The verdict for one image: its DICOM header first (None for PNG/JPEG), then the distance of
+    its model input from the training X-rays."""
     distance = None if reference is None else float(reference.distances(thumbnail(model_input))[0])
-    reason = header_reason(modality, view_position, body_part)
+    reason = None if header is None else header_reason(header.modality, header.view_position,
+                                                         header.body_part_examined)
     if reason is None and reference is not None and distance is not None and distance > reference.limit:
         reason = (f"the image looks unlike the frontal chest X-rays the model was trained on "
                   f"(distance {distance:.1f}, limit {reference.limit:.1f})")

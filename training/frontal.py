@@ -113,9 +113,8 @@ def flagged_share(images: Iterable[XRayImage], reference: FrontalReference | Non
     """(flagged, total) of decoded images, by the whole check or (header False) the image alone."""
     flagged = total = 0
     for image in images:
-        meta = image.info.metadata if header else None
-        fields = (meta.modality, meta.view_position, meta.body_part_examined) if meta else ()
-        flagged += check(model_input(image, input_size, clahe), reference, *fields).flagged
+        metadata = image.info.metadata if header else None
+        flagged += check(model_input(image, input_size, clahe), reference, metadata).flagged
         total += 1
     return flagged, total
 

@@ -18,7 +18,7 @@ import pytest
 from shared.classifier import preprocess, read_card
 from shared.config import ImageLimits
 from shared.frontal import FrontalReference, check, header_reason, thumbnail
-from shared.images import InvalidImage, read_image
+from shared.images import DicomMetadata, InvalidImage, read_image
 from shared.report_text import AID_NOT_DIAGNOSIS, plain_summary
 from shared.triage import triage
 from training.frontal import fit_frontal, fit_reference, model_input, thumbnails
@@ -45,7 +45,8 @@ SIZE = 64
 def test_the_header_says_what_it_is(modality: str | None, view: str | None, part: str | None,
                                     expected: str | None) -> None:
     assert header_reason(modality, view, part) == expected
-    verdict = check(np.zeros((SIZE, SIZE, 3), np.float32), None, modality, view, part)
+    header = DicomMetadata(modality=modality, view_position=view, body_part_examined=part)
+    verdict = check(np.zeros((SIZE, SIZE, 3), np.float32), None, header)
     assert verdict.flagged is (expected is not None) and verdict.reason == expected and verdict.distance is None
 
 
@@ -74,9 +75,7 @@ def _verdicts(datas: list[bytes], reference: FrontalReference, header: bool = Fa
             image = read_image(data, ImageLimits())
         except InvalidImage:
             continue
-        meta = image.info.metadata if header else None
-        fields = (meta.modality, meta.view_position, meta.body_part_examined) if meta else ()
-        out.append(check(model_input(image, SIZE, None), reference, *fields).flagged)
+        out.append(check(model_input(image, SIZE, None), reference, image.info.metadata if header else None).flagged)
     return out
 
 

@@ -3,7 +3,6 @@ over two logical CPU devices (the multi-GPU code path), and resuming after the p
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -17,9 +16,9 @@ import pytest
 
 from shared.classifier import WEIGHTS_FILE, Classifier
 from shared.findings import FINDINGS
+from tests.training.support import label_subset
 from training.dataset import load_arrays
 from training.labels import read_labels
-from training.splits import split_by_patient
 from training.train import STATE_FILE, TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -30,18 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def labels(nih64_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """NIH's own rows (same header) of 6 train, 25 validation and 4 test patients of nih-64."""
-    table = read_labels(nih64_dir / "Data_Entry.csv")
-    split = split_by_patient(table)
-    patient_of = dict(zip(table.images, table.patients, strict=True))
-    keep: set[str] = set()
-    for name, count in (("train", 6), ("validation", 25), ("test", 4)):
-        keep |= set(sorted({patient_of[i] for i in split.names(name)})[:count])
-    out = tmp_path_factory.mktemp("labels") / "Data_Entry.csv"
-    with open(nih64_dir / "Data_Entry.csv", newline="") as source, open(out, "w", newline="") as target:
-        lines = source.read().splitlines(keepends=True)
-        target.write(lines[0])
-        target.writelines(line for line in lines[1:] if next(csv.reader([line]))[3] in keep)
-    return out
+    return label_subset(nih64_dir, tmp_path_factory.mktemp("labels") / "Data_Entry.csv", 6, 25, 4)
 
 
 def _train_command(nih64_dir: Path, labels: Path, root: Path, *extra: str) -> list[str]:

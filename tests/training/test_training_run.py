@@ -3,7 +3,6 @@ holds validation thresholds and test metrics that `xray evaluate` reproduces; re
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import pytest
 
 from shared.classifier import WEIGHTS_FILE, Classifier, file_version
 from shared.findings import FINDINGS
+from tests.training.support import label_subset
 from training.calibration import choose_thresholds, fit_calibration, training_prevalence
 from training.evaluate import compare_metrics, evaluate_bundle, evaluate_classifier, predict
 from training.labels import read_boxes, read_labels
 from training.model import WeightsError, build_initial_model, positive_weights, set_trainable
-from training.splits import Split, assert_patient_disjoint, split_by_patient
+from training.splits import Split, assert_patient_disjoint
 from training.train import STATE_FILE, TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -26,21 +26,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def small_labels(nih64_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """NIH's own rows (same header) for 10 train, all validation and 6 test patients of nih-64."""
-    table = read_labels(nih64_dir / "Data_Entry.csv")
-    split = split_by_patient(table)
-    patient_of = dict(zip(table.images, table.patients, strict=True))
-    keep: set[str] = set()
-    for name, count in (("train", 10), ("validation", 100), ("test", 6)):
-        patients = sorted({patient_of[i] for i in split.names(name)})[:count]
-        keep |= set(patients)
-    out = tmp_path_factory.mktemp("labels") / "Data_Entry.csv"
-    with open(nih64_dir / "Data_Entry.csv", newline="") as source, open(out, "w", newline="") as target:
-        lines = source.read().splitlines(keepends=True)
-        target.write(lines[0])
-        for line in lines[1:]:
-            if next(csv.reader([line]))[3] in keep:
-                target.write(line)
-    return out
+    return label_subset(nih64_dir, tmp_path_factory.mktemp("labels") / "Data_Entry.csv", 10, 100, 6)
 
 
 @pytest.fixture(scope="module")
